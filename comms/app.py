@@ -1,0 +1,114 @@
+"""The composition root: wires the store, the SIP user agent, the prompts, the channels, the escalation runner
+and the web app into one running service. Every adapter is built here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from comms.clock import Clock, SystemClock
+from comms.db.engine import create_engine, migrate, session_factory
+from comms.web.app import build_app
+from comms.web.context import WebServices
+from escalation.runner import EscalationRunner
+from escalation.sip_channel import SipChannel
+from ivr.prompts import PromptRenderer
+from sip.ua import UaConfig, UserAgent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What the service needs to start (built from :class:`config.settings.Settings` by the CLI)."""
+
+    database_url: str
+    data_dir: Path
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    sip_host: str = "127.0.0.1"
+    sip_udp_port: int = 5060
+    sip_tcp_port: int | None = 5060
+    sip_from_uri: str = "sip:alerts@127.0.0.1"
+    node_id: str = "node-1"
+    session_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    cookie_secure: bool = False
+    prompt_cache_dir: Path | None = None
+    voice: str = "en-us"
+    safety_poll_s: float = 1.0
+    ivr_timeout_s: float = 5.0
+    min_ring_s: float = 10.0
+
+
+class CommsApp:
+    """One Contrast Comms node."""
+
+    def __init__(self, config: AppConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.engine: AsyncEngine | None = None
+        self.sessions: async_sessionmaker[AsyncSession] | None = None
+        self.ua: UserAgent | None = None
+        self.runner: EscalationRunner | None = None
+        self.prompts: PromptRenderer | None = None
+        self._web: web.AppRunner | None = None
+        self.http_port: int = config.http_port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.http_host}:{self.http_port}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate(cfg.database_url)
+        self.engine = create_engine(cfg.database_url)
+        self.sessions = session_factory(self.engine)
+        self.ua = await UserAgent.start(
+            self.clock, UaConfig(host=cfg.sip_host, udp_port=cfg.sip_udp_port, tcp_port=cfg.sip_tcp_port)
+        )
+        self.prompts = PromptRenderer(cfg.prompt_cache_dir or cfg.data_dir / "prompts", voice=cfg.voice)
+        channel = SipChannel(
+            self.ua, self.prompts, self.clock, from_uri=cfg.sip_from_uri, ivr_timeout_s=cfg.ivr_timeout_s
+        )
+        self.runner = EscalationRunner(
+            self.sessions,
+            self.clock,
+            node_id=cfg.node_id,
+            channels={channel.kind: channel},
+            safety_poll_s=cfg.safety_poll_s,
+            min_ring_s=cfg.min_ring_s,
+        )
+        await self.runner.start()
+        services = WebServices(
+            session_factory=self.sessions,
+            clock=self.clock,
+            runner=self.runner,
+            session_secret=cfg.session_secret,
+            cookie_secure=cfg.cookie_secure,
+        )
+        self._web = web.AppRunner(build_app(services), access_log=None)
+        await self._web.setup()
+        site = web.TCPSite(self._web, cfg.http_host, cfg.http_port)
+        await site.start()
+        for address in self._web.addresses:  # the real port when 0 was asked for
+            self.http_port = int(address[1])
+            break
+        log.info(
+            "Contrast Comms node %s: HTTP %s, SIP %s", cfg.node_id, self.http_url, self.ua.address("UDP")
+        )
+
+    async def stop(self) -> None:
+        if self._web is not None:
+            await self._web.cleanup()
+        if self.runner is not None:
+            await self.runner.stop()
+        if self.ua is not None:
+            await self.ua.close()
+        if self.engine is not None:
+            await self.engine.dispose()

@@ -1,0 +1,278 @@
+"""The SIP channel: one alert call per leg through our own SIP stack, with the radiologist alert menu.
+
+Every fact of the call becomes a leg event (INVITE sent, 100, 18x, answered, each DTMF digit with its method,
+accepted/declined, CANCEL/BYE and who sent it, ended with SIP status and Reason). The IVR is the sans-I/O
+:class:`ivr.machine.MenuMachine`; this adapter feeds it digits, prompt ends and timer firings (all timed by the
+one clock) and performs its actions: speak a prompt (espeak-ng, cached 8 kHz WAV), stop it on barge-in, finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from comms.clock import Clock, TimerHandle
+from escalation.channel import LegOrder, LegReporter
+from ivr.machine import CheckDigits, Finish, MenuMachine, PlayPrompt, StopPrompt
+from ivr.menu import Outcome, alert_menu, alert_variables, message_text
+from ivr.prompts import PromptError, PromptRenderer
+from media.errors import MediaError
+from sip.errors import SipError
+from sip.ua import (
+    Call,
+    CallAnswered,
+    CallEnded,
+    CallRinging,
+    CallTrying,
+    DtmfReceived,
+    MediaStarted,
+    UserAgent,
+)
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_TEXT = "Thank you. You have accepted incident {code}. The technologist has been told."
+DECLINED_TEXT = "Declined. We are calling the next radiologist."
+
+
+@dataclass
+class _Live:
+    call: Call | None = None
+    answered: bool = False
+    cancel_reason: str | None = None
+    end_cause: str | None = None
+    inputs: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
+
+
+class SipChannel:
+    """Places alert calls to ``sip:``/``sips:`` contacts."""
+
+    kind = "sip"
+
+    def __init__(
+        self,
+        ua: UserAgent,
+        prompts: PromptRenderer,
+        clock: Clock,
+        *,
+        from_uri: str,
+        display: str = "Contrast Comms",
+        ivr_timeout_s: float = 5.0,
+        ivr_retries: int = 2,
+    ) -> None:
+        self._ua = ua
+        self._prompts = prompts
+        self._clock = clock
+        self._from_uri = from_uri
+        self._display = display
+        self._menu = alert_menu(timeout_s=ivr_timeout_s, retries=ivr_retries)
+        self._live: dict[str, _Live] = {}
+
+    async def cancel(self, leg_id: str, reason: str) -> None:
+        live = self._live.get(leg_id)
+        if live is None or live.cancel_reason is not None:
+            return
+        live.cancel_reason = reason
+        if live.call is not None:
+            with contextlib.suppress(SipError):
+                await live.call.hangup()
+
+    async def place(self, order: LegOrder, reporter: LegReporter) -> None:
+        live = self._live[order.leg_id] = _Live()
+        try:
+            await self._place(order, reporter, live)
+        finally:
+            self._live.pop(order.leg_id, None)
+
+    async def _place(self, order: LegOrder, reporter: LegReporter, live: _Live) -> None:
+        leg = order.leg_id
+        await reporter.record(
+            leg, "leg.invite_sent", {"uri": order.address, "ring_timeout_s": order.ring_timeout_s}
+        )
+        try:
+            call = await self._ua.dial(
+                order.address,
+                from_uri=self._from_uri,
+                display=self._display,
+                ring_timeout=order.ring_timeout_s,
+            )
+        except SipError as exc:
+            await reporter.record(
+                leg, "leg.ended", {"status": None, "cause": "failed", "reason": str(exc), "by": "transport"}
+            )
+            return
+        live.call = call
+        await reporter.record(leg, "leg.call_id", {"call_id": call.call_id})
+        if live.cancel_reason is not None:  # cancelled while the INVITE was being sent
+            with contextlib.suppress(SipError):
+                await call.hangup()
+        ivr: asyncio.Task[None] | None = None
+        async for event in call.events():
+            match event:
+                case CallTrying():
+                    await reporter.record(leg, "leg.trying", {"status": 100})
+                case CallRinging(status=status, early_media=early):
+                    await reporter.record(leg, "leg.ringing", {"status": status, "early_media": early})
+                case CallAnswered():
+                    live.answered = True
+                    await reporter.record(leg, "leg.answered", {"status": 200})
+                    if live.cancel_reason is not None:
+                        await reporter.record(leg, "leg.bye_sent", {"reason": live.cancel_reason})
+                        with contextlib.suppress(SipError):
+                            await call.hangup()
+                    else:
+                        ivr = asyncio.get_running_loop().create_task(
+                            self._guarded_ivr(order, call, reporter, live)
+                        )
+                case MediaStarted():
+                    await reporter.record(leg, "leg.media_started", {})
+                case DtmfReceived(digit=digit, method=method):
+                    await reporter.record(leg, "leg.dtmf", {"digit": digit, "method": method})
+                    live.inputs.put_nowait(("digit", digit, method))
+                case CallEnded(status=status, reason=reason, by=by, sip_reason=sip_reason):
+                    live.inputs.put_nowait(("hangup",))
+                    if by == "remote" and live.answered:
+                        await reporter.record(leg, "leg.bye_received", {})
+                    elif by == "local" and live.cancel_reason is not None and not live.answered:
+                        await reporter.record(leg, "leg.cancel_sent", {"reason": live.cancel_reason})
+                    data: dict[str, Any] = {
+                        "status": status,
+                        "reason": reason,
+                        "by": by,
+                        "sip_reason": sip_reason,
+                    }
+                    if live.cancel_reason is not None and not live.answered:
+                        data["cause"] = "no_answer" if live.cancel_reason == "ring-timeout" else "cancelled"
+                    elif by == "timeout" and not live.answered:
+                        data["cause"] = "no_answer"
+                    elif live.end_cause is not None:
+                        data["cause"] = live.end_cause
+                    await reporter.record(leg, "leg.ended", data)
+        if ivr is not None:
+            if not ivr.done():
+                ivr.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ivr
+
+    async def _guarded_ivr(self, order: LegOrder, call: Call, reporter: LegReporter, live: _Live) -> None:
+        """The IVR must never die silently: a failure is a leg event and the call is ended."""
+        try:
+            await self._ivr(order, call, reporter, live)
+        except asyncio.CancelledError:
+            raise
+        except (SipError, MediaError, PromptError) as exc:
+            log.warning("[incident=%s leg=%s] IVR failed: %s", order.incident_id, order.leg_id, exc)
+            live.end_cause = "failed"
+            await reporter.record(order.leg_id, "leg.ivr_failed", {"error": f"{type(exc).__name__}: {exc}"})
+            with contextlib.suppress(SipError):
+                await call.hangup()
+
+    async def _ivr(self, order: LegOrder, call: Call, reporter: LegReporter, live: _Live) -> None:
+        """Run the alert menu on an answered call until it finishes; then act on the outcome."""
+        variables = alert_variables(
+            severity=order.severity, room=order.room_code, site=order.site_name, code=order.incident_code
+        )
+        machine = MenuMachine(self._menu, variables)
+        play: asyncio.Task[None] | None = None
+        timer: TimerHandle | None = None
+        inputs = live.inputs
+
+        async def speak(text: str, play_id: int) -> None:
+            path = await self._prompts.render(text)
+            await call.play(path)
+            inputs.put_nowait(("prompt_done", play_id))
+
+        actions = machine.start(self._clock.monotonic())
+        finish: Finish | None = None
+        try:
+            while finish is None:
+                for action in actions:
+                    match action:
+                        case PlayPrompt(text=text, play_id=play_id):
+                            if play is not None:
+                                play.cancel()
+                            play = asyncio.get_running_loop().create_task(speak(text, play_id))
+                        case StopPrompt():
+                            if play is not None:
+                                play.cancel()
+                                play = None
+                        case CheckDigits():
+                            # PINs are not configured for SIP alert calls yet: a PIN step cannot pass.
+                            inputs.put_nowait(("pin", False))
+                        case Finish():
+                            finish = action
+                if finish is not None:
+                    break
+                if timer is not None:
+                    timer.cancel()
+                deadline = machine.next_deadline()
+                if deadline is not None:
+                    timer = self._clock.call_later(
+                        deadline - self._clock.monotonic(), lambda: inputs.put_nowait(("timer",))
+                    )
+                item = await inputs.get()
+                now = self._clock.monotonic()
+                match item:
+                    case ("digit", digit, method):
+                        actions = machine.press_digit(digit, method, now)
+                    case ("prompt_done", play_id):
+                        actions = machine.prompt_finished(now, play_id)
+                    case ("timer",):
+                        actions = machine.timer(now)
+                    case ("pin", ok):
+                        actions = machine.pin_checked(ok, now)
+                    case ("hangup",):
+                        actions = machine.hangup(now)
+                    case _:
+                        actions = []
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if play is not None:
+                play.cancel()
+        await self._finish(order, call, reporter, live, finish)
+
+    async def _finish(
+        self, order: LegOrder, call: Call, reporter: LegReporter, live: _Live, finish: Finish
+    ) -> None:
+        leg = order.leg_id
+        method = finish.presses[-1].method if finish.presses else ""
+        match finish.outcome:
+            case Outcome.ACCEPT:
+                result = await reporter.try_accept(leg, digits=finish.digits, method=method)
+                if result.won:
+                    text = ACCEPTED_TEXT.format(code=" ".join(order.incident_code))
+                else:
+                    text = message_text(
+                        self._menu, "already_accepted", {"name": result.accepted_by_name or ""}
+                    )
+                await self._say_and_hang_up(
+                    call, reporter, leg, text, "accepted" if result.won else "already-accepted"
+                )
+            case Outcome.DECLINE:
+                await reporter.record(leg, "leg.declined", {"digits": finish.digits, "method": method})
+                await self._say_and_hang_up(call, reporter, leg, DECLINED_TEXT, "declined")
+            case Outcome.HUNG_UP:
+                return
+            case _:
+                await reporter.record(
+                    leg, "leg.no_input", {"outcome": finish.outcome.value, "digits": finish.digits}
+                )
+                live.end_cause = "no_answer"
+                await reporter.record(leg, "leg.bye_sent", {"reason": f"ivr-{finish.outcome.value}"})
+                with contextlib.suppress(SipError):
+                    await call.hangup()
+
+    async def _say_and_hang_up(
+        self, call: Call, reporter: LegReporter, leg: str, text: str, reason: str
+    ) -> None:
+        try:
+            await call.play(await self._prompts.render(text))
+        except (SipError, MediaError, PromptError, OSError) as exc:
+            log.info("[leg=%s] could not play the closing prompt: %s", leg, exc)
+        await reporter.record(leg, "leg.bye_sent", {"reason": reason})
+        with contextlib.suppress(SipError):
+            await call.hangup()
