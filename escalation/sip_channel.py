@@ -89,9 +89,6 @@ class SipChannel:
 
     async def _place(self, order: LegOrder, reporter: LegReporter, live: _Live) -> None:
         leg = order.leg_id
-        await reporter.record(
-            leg, "leg.invite_sent", {"uri": order.address, "ring_timeout_s": order.ring_timeout_s}
-        )
         try:
             call = await self._ua.dial(
                 order.address,
@@ -105,7 +102,12 @@ class SipChannel:
             )
             return
         live.call = call
-        await reporter.record(leg, "leg.call_id", {"call_id": call.call_id})
+        # recorded once the INVITE is on its way: a write before it would only delay the alert
+        await reporter.record(
+            leg,
+            "leg.invite_sent",
+            {"uri": order.address, "call_id": call.call_id, "ring_timeout_s": order.ring_timeout_s},
+        )
         if live.cancel_reason is not None:  # cancelled while the INVITE was being sent
             with contextlib.suppress(SipError):
                 await call.hangup()
