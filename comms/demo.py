@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -66,8 +67,8 @@ def _directory(ports: dict[str, int], tokens: dict[str, str], admin_hash: str) -
             f'[[room]]\nsite = "NSI"\ncode = "MR1"\nname = "MRI 1"\ndevice_token = "{tokens["MR1"]}"\n',
             *people,
             '[[person]]\nusername = "dtech"\ndisplay_name = "Dana Tech"\nroles = ["technologist"]\n',
-            f'[[person]]\nusername = "admin"\ndisplay_name = "Demo Admin"\nroles = ["admin", "compliance", "scheduler"]\n'
-            f'password_hash = "{admin_hash}"\n',
+            '[[person]]\nusername = "admin"\ndisplay_name = "Demo Admin"\n'
+            f'roles = ["admin", "compliance", "scheduler"]\npassword_hash = "{admin_hash}"\n',
             '[[rotation]]\nsite = "NSI"\nname = "Primary"\ntier = "primary"\nhandoff_weekday = 0\n'
             'handoff_time = "07:00"\nstart_date = 2026-01-05\nmembers = ["achen"]\n',
             '[[rotation]]\nsite = "NSI"\nname = "Backup"\ntier = "backup"\nhandoff_weekday = 0\n'
@@ -81,24 +82,23 @@ def _directory(ports: dict[str, int], tokens: dict[str, str], admin_hash: str) -
 
 
 async def _wait_listening(
-    data_dir: Path, phones: list[subprocess.Popen[bytes]], timeout: float = 30.0
+    data_dir: Path, phones: list[asyncio.subprocess.Process], limit_s: float = 30.0
 ) -> None:
     """Wait until every demo phone printed its 'listening on' line (pjsua2 takes a few seconds to start)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    clock = SystemClock()
+    end = clock.monotonic() + limit_s
     pending = {username for username, *_ in PHONES}
     while pending:
         for username, proc in zip([u for u, *_ in PHONES], phones, strict=True):
-            if proc.poll() is not None:
-                raise SystemExit(
-                    f"demo phone {username} exited ({proc.returncode}): see {data_dir}/phone-{username}.log"
-                )
-            text = (data_dir / f"phone-{username}.log").read_text(errors="replace")
+            log = data_dir / f"phone-{username}.log"
+            if proc.returncode is not None:
+                raise SystemExit(f"demo phone {username} exited ({proc.returncode}): see {log}")
+            text = await asyncio.to_thread(log.read_text, errors="replace")
             if "listening on" in text:
                 pending.discard(username)
-        if loop.time() > end:
-            raise SystemExit(f"demo phones {sorted(pending)} did not start within {timeout:.0f} s")
-        await asyncio.sleep(0.1)
+        if clock.monotonic() > end:
+            raise SystemExit(f"demo phones {sorted(pending)} did not start within {limit_s:.0f} s")
+        await clock.sleep(0.1)
 
 
 async def _follow(app: CommsApp, incident_id: str) -> None:
@@ -106,7 +106,7 @@ async def _follow(app: CommsApp, incident_id: str) -> None:
     assert app.sessions is not None
     printed = 0
     who: dict[str, str] = {}
-    loop = asyncio.get_running_loop()
+    clock = SystemClock()
     quiet_until: float | None = None
     while True:
         async with app.sessions() as s:
@@ -126,47 +126,51 @@ async def _follow(app: CommsApp, incident_id: str) -> None:
         printed = len(events)
         assert incident is not None
         if incident.state.value in ("accepted", "exhausted", "resolved", "cancelled"):
-            quiet_until = quiet_until or loop.time() + 8.0  # let the legs finish their goodbyes
-            if loop.time() > quiet_until:
+            quiet_until = quiet_until or clock.monotonic() + 8.0  # let the legs finish their goodbyes
+            if clock.monotonic() > quiet_until:
                 print(f"\nIncident {incident.code}: {incident.state.value}.", flush=True)
                 return
-        await asyncio.sleep(0.2)
+        await clock.sleep(0.2)
 
 
-async def run_demo(*, data_dir: Path, http_port: int, sip_port: int, auto: bool) -> int:
+def _fresh_dir(data_dir: Path) -> Path:
+    """The demo's data dir, without the database of an earlier run (the prompt cache is kept)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     for old in data_dir.glob("comms.db*"):
         old.unlink()
+    return data_dir
+
+
+async def run_demo(*, data_dir: Path, http_port: int, sip_port: int, auto: bool) -> int:
+    data_dir = _fresh_dir(data_dir)
+    clock = SystemClock()
     ports = {username: _free_udp_port() for username, *_ in PHONES}
-    phones: list[subprocess.Popen[bytes]] = []
+    phones: list[asyncio.subprocess.Process] = []
     for username, _name, _npi, flags in PHONES:
-        log = (data_dir / f"phone-{username}.log").open("wb")
-        phones.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "comms.cli",
-                    "phone",
-                    "listen",
-                    "--port",
-                    str(ports[username]),
-                    "--tcp-port",
-                    "-1",
-                    "--user",
-                    username,
-                    *flags,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        argv = [
+            "phone",
+            "listen",
+            "--port",
+            str(ports[username]),
+            "--tcp-port",
+            "-1",
+            "--user",
+            username,
+            *flags,
+        ]
+        with (data_dir / f"phone-{username}.log").open("wb") as log:
+            phones.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "comms.cli", *argv, stdout=log, stderr=subprocess.STDOUT
+                )
             )
-        )
     await _wait_listening(data_dir, phones)
     tokens = {"CT2": secrets.token_urlsafe(24), "MR1": secrets.token_urlsafe(24)}
     admin_password = secrets.token_urlsafe(9)
     directory = data_dir / "directory.toml"
-    directory.write_text(_directory(ports, tokens, hash_password(admin_password)), encoding="utf-8")
+    text = _directory(ports, tokens, hash_password(admin_password))
+    await asyncio.to_thread(directory.write_text, text, encoding="utf-8")
     url = sqlite_url(data_dir / "comms.db")
     await migrate(url)
     engine = create_engine(url)
@@ -189,7 +193,8 @@ async def run_demo(*, data_dir: Path, http_port: int, sip_port: int, auto: bool)
         await app.start()
     except OSError as exc:
         for p in phones:
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
         print(
             f"comms demo: cannot listen ({exc}); pass --http-port/--sip-port with free ports", file=sys.stderr
         )
@@ -208,7 +213,7 @@ async def run_demo(*, data_dir: Path, http_port: int, sip_port: int, auto: bool)
             flush=True,
         )
         if auto:
-            await asyncio.sleep(1.0)
+            await clock.sleep(1.0)
             async with aiohttp.ClientSession() as http:
                 resp = await http.post(
                     f"{app.http_url}/api/v1/incidents",
@@ -222,13 +227,16 @@ async def run_demo(*, data_dir: Path, http_port: int, sip_port: int, auto: bool)
             )
             await _follow(app, str(body["id"]))
         print("Serving until Ctrl-C. Press the room button in a browser to page again.", flush=True)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.Event().wait()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
     finally:
         await app.stop()
         for p in phones:
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                p.terminate()
         for p in phones:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(p.wait(), 5)
     return 0

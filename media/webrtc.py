@@ -1,0 +1,391 @@
+"""WebRTC room sessions and radiologist consoles on the server side (aiortc).
+
+Theory of operation
+-------------------
+The room tablet's page publishes its camera and microphone: it sends an SDP offer (ICE gathered, no trickle)
+and :class:`RoomSession` answers it with one aiortc ``RTCPeerConnection`` built from the configured ICE
+servers (STUN/TURN; tests pass none). A new offer from the same room (the page reconnecting after a network
+loss or a reload) replaces the old connection; consoles already watching switch to the new tracks without
+renegotiating, because they are fed through :class:`SwitchableVideoTrack`.
+
+The room's video is held through an aiortc ``MediaRelay``: one unbuffered subscription feeds the
+:class:`VideoMonitor` (frame count, resolution, last frame time: what supervision needs, and it keeps
+aiortc's decoded-frame queue from growing when nobody watches), one more per console. The room's audio goes
+into the room's :class:`~media.bridge.AudioBridge`; what the room hears is the bridge's mix-minus, sent back
+on the same connection.
+
+A :class:`ConsoleSession` is a radiologist's browser: it receives the room's video and the bridge's mix (room
+and any phone legs) and sends its microphone (and camera, when it has one: kept, not yet shown in the room).
+
+Latency seam: aiortc 1.16 builds ``JitterBuffer(capacity=16, prefetch=4)`` inside ``RTCRtpReceiver`` for
+audio, which holds four 20 ms frames before releasing one and stalls up to 16 packets behind a lost one.
+:func:`low_latency_audio` swaps that private buffer for :class:`PassThroughAudioBuffer` (each Opus packet is
+a whole frame: released at once, late ones dropped); the bridge's own small bounded buffer absorbs jitter.
+``tests/gateway/test_webrtc_seam.py`` pins the aiortc version's attribute so an upgrade that moves it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+
+from comms.clock import Clock
+from media.errors import MediaError
+
+__all__ = [
+    "ConsoleSession",
+    "IceServer",
+    "PassThroughAudioBuffer",
+    "RoomSession",
+    "SwitchableVideoTrack",
+    "VideoMonitor",
+    "low_latency_audio",
+    "rtc_configuration",
+]
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90000
+_JB_ATTR = "_RTCRtpReceiver__jitter_buffer"
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """One STUN or TURN server for ICE (``turn:`` needs ``username`` and ``credential``)."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise MediaError(f"ICE server URL {url!r}: expected stun:, turn: or turns:")
+            if url.startswith(("turn:", "turns:")) and (self.username is None or self.credential is None):
+                raise MediaError(f"TURN server {url!r} needs a username and a credential: got none")
+
+
+def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
+    """An explicit configuration: an empty list means host candidates only (aiortc's default is Google STUN)."""
+    return RTCConfiguration(
+        iceServers=[RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers]
+    )
+
+
+class PassThroughAudioBuffer(JitterBuffer):
+    """aiortc's receiver buffer interface, releasing each audio packet at once (late/duplicate ones dropped)."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None:
+            diff = ((seq - self._last + 0x8000) & 0xFFFF) - 0x8000
+            if 0 >= diff > -1000:
+                return False, None  # late or duplicate
+        self._last = seq
+        data: bytes = getattr(packet, "_data", packet.payload)
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
+
+
+def low_latency_audio(receiver: RTCRtpReceiver) -> bool:
+    """Replace an audio receiver's private aiortc jitter buffer (see the module docstring). False if absent."""
+    current = getattr(receiver, _JB_ATTR, None)
+    if not isinstance(current, JitterBuffer):
+        log.warning("aiortc receiver has no %s: audio keeps aiortc's own buffer (+80 ms)", _JB_ATTR)
+        return False
+    setattr(receiver, _JB_ATTR, PassThroughAudioBuffer())
+    return True
+
+
+class VideoMonitor:
+    """Reads a video track to its end, counting frames: the evidence that video flows."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.frames = 0
+        self.width = 0
+        self.height = 0
+        self.last_frame_mono: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, track: MediaStreamTrack) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._run(track), name="video-monitor")
+
+    async def _run(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if isinstance(frame, av.VideoFrame):
+                    self.frames += 1
+                    self.width, self.height = frame.width, frame.height
+                    self.last_frame_mono = self.clock.monotonic()
+        except MediaStreamError:
+            log.info("room video track ended after %d frames", self.frames)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class SwitchableVideoTrack(MediaStreamTrack):
+    """A video track whose source can change (the room reconnected) without renegotiating the console."""
+
+    kind = "video"
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self._source: MediaStreamTrack | None = None
+        self._changed = asyncio.Event()
+        self._t0 = clock.monotonic()
+        self.frames_sent = 0
+        self.last_sent_mono: float | None = None
+
+    def switch(self, source: MediaStreamTrack | None) -> None:
+        old, self._source = self._source, source
+        if old is not None and old is not source:
+            old.stop()
+        self._changed.set()
+
+    async def recv(self) -> av.VideoFrame:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            source = self._source
+            if source is None:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            try:
+                frame = await source.recv()
+            except MediaStreamError:
+                if self._source is source:
+                    self._source = None
+                continue
+            if not isinstance(frame, av.VideoFrame):
+                continue
+            # restamp: the source's clock restarts with every room connection
+            now = self.clock.monotonic()
+            frame.pts = int((now - self._t0) * VIDEO_CLOCK)
+            frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+            self.frames_sent += 1
+            self.last_sent_mono = now
+            return frame
+
+    def stop(self) -> None:
+        if self._source is not None:
+            self._source.stop()
+            self._source = None
+        super().stop()
+        self._changed.set()
+
+
+async def _answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+    answer = await pc.createAnswer()
+    await pc.setLocalDescription(answer)  # aiortc gathers every candidate before this returns
+    local = pc.localDescription
+    assert local is not None
+    return str(local.sdp)
+
+
+async def sample_stats(pc: RTCPeerConnection) -> dict[str, Any]:
+    """The health figures of one connection: per kind packets/lost/jitter/bytes in, RTT, connection state."""
+    out: dict[str, Any] = {"state": pc.connectionState}
+    try:
+        report = await pc.getStats()
+    except Exception as exc:  # aiortc raises assorted errors on a closing connection
+        out["error"] = str(exc)
+        return out
+    for stat in report.values():
+        kind = getattr(stat, "kind", None)
+        match stat.type:
+            case "inbound-rtp":
+                out[f"{kind}_packets_in"] = stat.packetsReceived
+                out[f"{kind}_lost"] = stat.packetsLost
+                out[f"{kind}_jitter"] = stat.jitter
+            case "remote-inbound-rtp":
+                out[f"{kind}_rtt_ms"] = round(stat.roundTripTime * 1000, 1)
+            case "transport":
+                out["bytes_in"] = stat.bytesReceived
+                out["bytes_out"] = stat.bytesSent
+            case _:
+                pass
+    return out
+
+
+class RoomSession:
+    """The server side of one room tablet's WebRTC session (replaced connection by connection)."""
+
+    def __init__(
+        self,
+        room_code: str,
+        clock: Clock,
+        ice_servers: Sequence[IceServer],
+        *,
+        on_audio: Callable[[MediaStreamTrack], MediaStreamTrack],
+        on_video: Callable[[MediaStreamTrack], None],
+        on_state: Callable[[str], None],
+    ) -> None:
+        self.room_code = room_code
+        self.clock = clock
+        self.ice_servers = tuple(ice_servers)
+        self.relay = MediaRelay()
+        self.monitor = VideoMonitor(clock)
+        self.pc: RTCPeerConnection | None = None
+        self.audio_in: MediaStreamTrack | None = None
+        self.video_in: MediaStreamTrack | None = None
+        self.connected_mono: float | None = None
+        self.connections = 0
+        self._on_audio = on_audio  # takes the room's microphone, returns the track the room should hear
+        self._on_video = on_video
+        self._on_state = on_state
+
+    @property
+    def state(self) -> str:
+        return self.pc.connectionState if self.pc is not None else "new"
+
+    async def accept_offer(self, offer_sdp: str) -> str:
+        """Answer the tablet's offer; an earlier connection of this room is closed."""
+        old, self.pc = self.pc, RTCPeerConnection(rtc_configuration(self.ice_servers))
+        if old is not None:
+            await old.close()
+        pc = self.pc
+        self.connections += 1
+        outbound: list[MediaStreamTrack] = []
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                for transceiver in pc.getTransceivers():
+                    if transceiver.receiver.track is track:
+                        low_latency_audio(transceiver.receiver)
+                self.audio_in = track
+                outbound.append(self._on_audio(track))
+            elif track.kind == "video":
+                self.video_in = track
+                self.monitor.watch(self.relay.subscribe(track, buffered=False))
+                self._on_video(track)
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc is not self.pc:
+                return
+            log.info("[room=%s] WebRTC %s", self.room_code, pc.connectionState)
+            if pc.connectionState == "connected":
+                self.connected_mono = self.clock.monotonic()
+            self._on_state(pc.connectionState)
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        for track in outbound:
+            pc.addTrack(track)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        local = pc.localDescription
+        assert local is not None
+        return str(local.sdp)
+
+    def subscribe_video(self) -> MediaStreamTrack | None:
+        return self.relay.subscribe(self.video_in, buffered=False) if self.video_in is not None else None
+
+    async def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = (
+            await sample_stats(self.pc) if self.pc is not None else {"state": "new"}
+        )
+        out.update(
+            video_frames=self.monitor.frames,
+            width=self.monitor.width,
+            height=self.monitor.height,
+            connections=self.connections,
+        )
+        return out
+
+    async def close(self) -> None:
+        await self.monitor.close()
+        if self.pc is not None:
+            await self.pc.close()
+
+
+class ConsoleSession:
+    """A radiologist's browser: room video and the bridge's mix out, their microphone in."""
+
+    def __init__(self, console_id: str, person_id: str, clock: Clock, ice_servers: Sequence[IceServer]) -> None:
+        self.id = console_id
+        self.person_id = person_id
+        self.clock = clock
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.video_out = SwitchableVideoTrack(clock)
+        self.audio_in: MediaStreamTrack | None = None
+        self.video_in: MediaStreamTrack | None = None
+        self.connected_mono: float | None = None
+
+    async def accept_offer(
+        self,
+        offer_sdp: str,
+        audio_out: MediaStreamTrack,
+        on_audio: Callable[[MediaStreamTrack], None],
+        on_state: Callable[[str], None],
+    ) -> str:
+        pc = self.pc
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":
+                for transceiver in pc.getTransceivers():
+                    if transceiver.receiver.track is track:
+                        low_latency_audio(transceiver.receiver)
+                self.audio_in = track
+                on_audio(track)
+            else:
+                self.video_in = track  # the radiologist's camera: drained so aiortc's queue stays bounded
+                VideoMonitor(self.clock).watch(track)
+
+        @pc.on("connectionstatechange")
+        def on_conn() -> None:
+            if pc.connectionState == "connected":
+                self.connected_mono = self.clock.monotonic()
+            on_state(pc.connectionState)
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        pc.addTrack(audio_out)
+        pc.addTrack(self.video_out)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        local = pc.localDescription
+        assert local is not None
+        return str(local.sdp)
+
+    @property
+    def state(self) -> str:
+        return self.pc.connectionState
+
+    async def close(self) -> None:
+        self.video_out.stop()
+        await self.pc.close()
