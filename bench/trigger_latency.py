@@ -73,11 +73,22 @@ async def build_directory(url: str, phone_port: int) -> None:
         site = Site(code="bench", name="Bench Imaging", timezone="America/Chicago", us_state="IL")
         s.add(site)
         await s.flush()
-        s.add(Room(site_id=site.id, code="CT1", name="CT 1", device_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest()))
+        s.add(
+            Room(
+                site_id=site.id,
+                code="CT1",
+                name="CT 1",
+                device_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
+            )
+        )
         person = Person(username="drbench", display_name="Dr Bench", roles="radiologist", npi="1234567893")
         s.add(person)
         await s.flush()
-        s.add(ContactMethod(person_id=person.id, kind=ContactKind.SIP, address=f"sip:drbench@127.0.0.1:{phone_port}"))
+        s.add(
+            ContactMethod(
+                person_id=person.id, kind=ContactKind.SIP, address=f"sip:drbench@127.0.0.1:{phone_port}"
+            )
+        )
         policy = EscalationPolicy(site_id=site.id, name="bench", version=1)
         s.add(policy)
         await s.flush()
@@ -118,7 +129,9 @@ async def main(incidents: int) -> None:
             '[log]\nlevel = "WARNING"\n'
         )
         env = dict(os.environ)
-        proc = subprocess.Popen([sys.executable, "-m", "comms.cli", "serve", "--config", str(data / "comms.toml")], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "comms.cli", "serve", "--config", str(data / "comms.toml")], env=env
+        )
         try:
             base = f"http://127.0.0.1:{http_port}"
             await wait_http(base, proc)
@@ -150,6 +163,8 @@ async def main(incidents: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--incidents", type=int, default=300)
     asyncio.run(main(parser.parse_args().incidents))

@@ -15,8 +15,11 @@ from comms.clock import Clock, SystemClock
 from comms.db.engine import create_engine, migrate, session_factory
 from comms.web.app import build_app
 from comms.web.context import WebServices
+from escalation.onsite import SipAnnouncer
 from escalation.runner import EscalationRunner
 from escalation.sip_channel import SipChannel
+from escalation.watchdog import Notifier, Watchdog
+from escalation.webhook_channel import WebhookChannel
 from ivr.prompts import PromptRenderer
 from sip.ua import UaConfig, UserAgent
 
@@ -43,6 +46,12 @@ class AppConfig:
     safety_poll_s: float = 1.0
     ivr_timeout_s: float = 5.0
     min_ring_s: float = 10.0
+    lease_s: float = 15.0
+    node_dead_after_s: float = 10.0
+    watchdog_stale_s: float = 5.0
+    ops_webhook_url: str | None = None
+    """The ops contact the watchdog alarms (signed with ``webhook_secret``)."""
+    webhook_secret: bytes = b""
 
 
 class CommsApp:
@@ -55,6 +64,8 @@ class CommsApp:
         self.sessions: async_sessionmaker[AsyncSession] | None = None
         self.ua: UserAgent | None = None
         self.runner: EscalationRunner | None = None
+        self.watchdog: Watchdog | None = None
+        self._ops: WebhookChannel | None = None
         self.prompts: PromptRenderer | None = None
         self._web: web.AppRunner | None = None
         self.http_port: int = config.http_port
@@ -84,10 +95,25 @@ class CommsApp:
             self.clock,
             node_id=cfg.node_id,
             channels={channel.kind: channel},
+            announcers={"sip": SipAnnouncer(self.ua, self.prompts, from_uri=cfg.sip_from_uri)},
             safety_poll_s=cfg.safety_poll_s,
             min_ring_s=cfg.min_ring_s,
+            lease_s=cfg.lease_s,
+            node_dead_after_s=cfg.node_dead_after_s,
         )
         await self.runner.start()
+        notify: Notifier | None = None
+        if cfg.ops_webhook_url and cfg.webhook_secret:
+            self._ops = ops = WebhookChannel(self.clock, secret=cfg.webhook_secret, url=cfg.ops_webhook_url)
+            url = cfg.ops_webhook_url
+
+            async def notify(payload: dict[str, object]) -> object:
+                return await ops.post(url, dict(payload), key=f"ops:{cfg.node_id}:{payload.get('event')}")
+
+        self.watchdog = Watchdog(
+            self.runner, self.clock, self.sessions, notify=notify, stale_after_s=cfg.watchdog_stale_s
+        )
+        self.watchdog.start()
         services = WebServices(
             session_factory=self.sessions,
             clock=self.clock,
@@ -109,8 +135,12 @@ class CommsApp:
     async def stop(self) -> None:
         if self._web is not None:
             await self._web.cleanup()
+        if self.watchdog is not None:
+            await self.watchdog.stop()
         if self.runner is not None:
             await self.runner.stop()
+        if self._ops is not None:
+            await self._ops.close()
         if self.ua is not None:
             await self.ua.close()
         if self.engine is not None:

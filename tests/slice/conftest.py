@@ -74,7 +74,9 @@ class Node:
             npi = iter(["1234567893", "1245319599", "1003000126", "1629071301"])
             for position, tier in enumerate(tiers, start=1):
                 for rad in tier:
-                    person = Person(username=rad.username, display_name=rad.name, roles="radiologist", npi=next(npi))
+                    person = Person(
+                        username=rad.username, display_name=rad.name, roles="radiologist", npi=next(npi)
+                    )
                     s.add(person)
                     await s.flush()
                     s.add(ContactMethod(person_id=person.id, kind=ContactKind.SIP, address=rad.uri))
@@ -97,7 +99,9 @@ class Node:
                 if incident.state.value in states:
                     return incident
             if loop.time() > end:
-                raise AssertionError(f"incident stayed {incident.state.value}, expected one of {sorted(states)}")
+                raise AssertionError(
+                    f"incident stayed {incident.state.value}, expected one of {sorted(states)}"
+                )
             await asyncio.sleep(0.05)
 
     async def wait_event(self, incident_id: str, kind: str, timeout: float = 15.0) -> Event:
@@ -114,7 +118,11 @@ class Node:
     async def events(self, incident_id: str) -> list[Event]:
         async with self.sessions() as s:
             return list(
-                (await s.scalars(sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq))).all()
+                (
+                    await s.scalars(
+                        sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq)
+                    )
+                ).all()
             )
 
     async def legs(self, incident_id: str) -> list[CallLeg]:
@@ -122,7 +130,9 @@ class Node:
             return list(
                 (
                     await s.scalars(
-                        sa.select(CallLeg).where(CallLeg.incident_id == incident_id).order_by(CallLeg.created_at)
+                        sa.select(CallLeg)
+                        .where(CallLeg.incident_id == incident_id)
+                        .order_by(CallLeg.created_at)
                     )
                 ).all()
             )

@@ -37,7 +37,9 @@ def assert_evidence_sound(events: list[Any]) -> None:
     ats = [e.at for e in events]
     monos = [e.mono for e in events]
     assert ats == sorted(ats) and monos == sorted(monos)
-    assert all(a.tzinfo is not None and a.utcoffset() == dt.timedelta(0) and a.microsecond % 1000 == 0 for a in ats)
+    assert all(
+        a.tzinfo is not None and a.utcoffset() == dt.timedelta(0) and a.microsecond % 1000 == 0 for a in ats
+    )
     assert verify_chain(events) == []
 
 
@@ -56,7 +58,15 @@ async def test_sipp_phone_answers_and_presses_1_rfc4733(node: Node, sipp: Sipp) 
     assert_evidence_sound(events)
     (leg,) = await node.legs(incident_id)
     leg_kinds = kinds(events, leg.id)
-    expected = ["leg.created", "leg.invite_sent", "leg.trying", "leg.ringing", "leg.answered", "leg.dtmf", "leg.accepted"]
+    expected = [
+        "leg.created",
+        "leg.invite_sent",
+        "leg.trying",
+        "leg.ringing",
+        "leg.answered",
+        "leg.dtmf",
+        "leg.accepted",
+    ]
     assert [k for k in leg_kinds if k in expected] == expected
     dtmf = next(e for e in events if e.kind == "leg.dtmf")
     assert dtmf.data == {"digit": "1", "method": "rfc4733"}
@@ -72,7 +82,10 @@ async def test_tier1_never_answers_then_pjsua2_tier2_accepts(node: Node, sipp: S
     await tier1.start()
     softphone.set_behaviour(Behaviour(answer_after=1.0, press="1", press_after=1.0))
     await node.directory(
-        [[Radiologist("drring", "Dr Ring", tier1.uri("drring"))], [Radiologist("drpj", "Dr Pj", softphone.uri())]],
+        [
+            [Radiologist("drring", "Dr Ring", tier1.uri("drring"))],
+            [Radiologist("drpj", "Dr Pj", softphone.uri())],
+        ],
         ring_timeout_s=10,
     )
     incident_id = await press_button(node)
@@ -93,7 +106,9 @@ async def test_tier1_never_answers_then_pjsua2_tier2_accepts(node: Node, sipp: S
     assert 9.5 <= waited <= 12.5, f"tier 2 was dialled {waited:.1f} s after the incident, expected ~10 s"
 
 
-async def test_tier1_declines_with_2_then_tier2_is_called_at_once(node: Node, sipp: Sipp, softphone: Any) -> None:
+async def test_tier1_declines_with_2_then_tier2_is_called_at_once(
+    node: Node, sipp: Sipp, softphone: Any
+) -> None:
     from sip.softphone import Behaviour
 
     tier1 = sipp("uas_decline.xml", timeout=30)
@@ -114,7 +129,9 @@ async def test_tier1_declines_with_2_then_tier2_is_called_at_once(node: Node, si
     assert declined.data["digits"] == "2"
     tier2_created = next(e for e in events if e.kind == "leg.created" and e.leg_id == second.id)
     gap = (tier2_created.at - declined.at).total_seconds()
-    assert 0 <= gap < 1.0, f"tier 2 dialled {gap:.2f} s after the decline; expected at once (ring timeout is 30 s)"
+    assert 0 <= gap < 1.0, (
+        f"tier 2 dialled {gap:.2f} s after the decline; expected at once (ring timeout is 30 s)"
+    )
 
 
 async def test_sip_info_dtmf_accepts(node: Node, sipp: Sipp) -> None:
@@ -155,4 +172,6 @@ async def test_unreachable_contact_fails_over_without_waiting(node: Node, softph
     assert ended.data["by"] == "transport"
     tier2_created = next(e for e in events if e.kind == "leg.created" and e.leg_id == second.id)
     waited = (tier2_created.at - events[0].at).total_seconds()
-    assert waited < 2.0, f"tier 2 dialled {waited:.2f} s after the incident; SIP said at once that tier 1 failed"
+    assert waited < 2.0, (
+        f"tier 2 dialled {waited:.2f} s after the incident; SIP said at once that tier 1 failed"
+    )
