@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from comms.clock import Clock, TimerHandle
 from escalation.channel import LegOrder, LegReporter
 from ivr.machine import CheckDigits, Finish, MenuMachine, PlayPrompt, StopPrompt
-from ivr.menu import Outcome, alert_menu, alert_variables, message_text
+from ivr.menu import Outcome, alert_menu, alert_variables, message_text, speakable_room
 from ivr.prompts import PromptError, PromptRenderer
 from media.errors import MediaError
 from sip.errors import SipError
@@ -35,6 +36,12 @@ from sip.ua import (
 log = logging.getLogger(__name__)
 
 ACCEPTED_TEXT = "Thank you. You have accepted incident {code}. The technologist has been told."
+CONNECTING_TEXT = "Thank you. You have accepted incident {code}. Connecting you to room {room} now."
+
+AcceptedCallHandler = Callable[[LegOrder, Call], Awaitable[bool]]
+"""Offered every call whose person won the accept: return True to keep the call (e.g. bridge it to the room or
+to a technologist on the line); the channel then leaves it up until either side hangs up. False: the channel
+thanks the radiologist and hangs up."""
 DECLINED_TEXT = "Declined. We are calling the next radiologist."
 
 
@@ -62,13 +69,16 @@ class SipChannel:
         display: str = "Contrast Comms",
         ivr_timeout_s: float = 5.0,
         ivr_retries: int = 2,
+        on_accepted: AcceptedCallHandler | None = None,
     ) -> None:
+        self.on_accepted = on_accepted
         self._ua = ua
         self._prompts = prompts
         self._clock = clock
         self._from_uri = from_uri
         self._display = display
         self._menu = alert_menu(timeout_s=ivr_timeout_s, retries=ivr_retries)
+        self._pin_menu = alert_menu(require_pin=True, timeout_s=ivr_timeout_s, retries=ivr_retries)
         self._live: dict[str, _Live] = {}
 
     async def cancel(self, leg_id: str, reason: str) -> None:
@@ -177,7 +187,7 @@ class SipChannel:
         variables = alert_variables(
             severity=order.severity, room=order.room_code, site=order.site_name, code=order.incident_code
         )
-        machine = MenuMachine(self._menu, variables)
+        machine = MenuMachine(self._pin_menu if order.require_pin else self._menu, variables)
         play: asyncio.Task[None] | None = None
         timer: TimerHandle | None = None
         inputs = live.inputs
@@ -201,9 +211,8 @@ class SipChannel:
                             if play is not None:
                                 play.cancel()
                                 play = None
-                        case CheckDigits():
-                            # PINs are not configured for SIP alert calls yet: a PIN step cannot pass.
-                            inputs.put_nowait(("pin", False))
+                        case CheckDigits(digits=digits):
+                            inputs.put_nowait(("pin", await reporter.check_pin(order.leg_id, digits)))
                         case Finish():
                             finish = action
                 if finish is not None:
@@ -245,15 +254,23 @@ class SipChannel:
         match finish.outcome:
             case Outcome.ACCEPT:
                 result = await reporter.try_accept(leg, digits=finish.digits, method=method)
-                if result.won:
-                    text = ACCEPTED_TEXT.format(code=" ".join(order.incident_code))
+                code = " ".join(order.incident_code)
+                if result.won and self.on_accepted is not None:
+                    await self._say(
+                        call, leg, CONNECTING_TEXT.format(code=code, room=speakable_room(order.room_code))
+                    )
+                    if await self.on_accepted(order, call):
+                        await reporter.record(leg, "leg.handed_over", {"to": "bridge"})
+                        return
+                    text = "Nobody else is on the line. The technologist has been told."
+                elif result.won:
+                    text = ACCEPTED_TEXT.format(code=code)
                 else:
                     text = message_text(
                         self._menu, "already_accepted", {"name": result.accepted_by_name or ""}
                     )
-                await self._say_and_hang_up(
-                    call, reporter, leg, text, "accepted" if result.won else "already-accepted"
-                )
+                reason = "accepted" if result.won else "already-accepted"
+                await self._say_and_hang_up(call, reporter, leg, text, reason)
             case Outcome.DECLINE:
                 await reporter.record(leg, "leg.declined", {"digits": finish.digits, "method": method})
                 await self._say_and_hang_up(call, reporter, leg, DECLINED_TEXT, "declined")
@@ -268,13 +285,16 @@ class SipChannel:
                 with contextlib.suppress(SipError):
                     await call.hangup()
 
-    async def _say_and_hang_up(
-        self, call: Call, reporter: LegReporter, leg: str, text: str, reason: str
-    ) -> None:
+    async def _say(self, call: Call, leg: str, text: str) -> None:
         try:
             await call.play(await self._prompts.render(text))
         except (SipError, MediaError, PromptError, OSError) as exc:
-            log.info("[leg=%s] could not play the closing prompt: %s", leg, exc)
+            log.info("[leg=%s] could not play the prompt %r: %s", leg, text[:40], exc)
+
+    async def _say_and_hang_up(
+        self, call: Call, reporter: LegReporter, leg: str, text: str, reason: str
+    ) -> None:
+        await self._say(call, leg, text)
         await reporter.record(leg, "leg.bye_sent", {"reason": reason})
         with contextlib.suppress(SipError):
             await call.hangup()
