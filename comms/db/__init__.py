@@ -1,0 +1,1 @@
+"""Persistence: models, engine and migrations, and the evidence log."""
