@@ -228,4 +228,12 @@ def message_text(menu: Menu, message_id: str, variables: Mapping[str, str]) -> s
         raise IvrError(
             f"menu {menu.name!r} has no message {message_id!r}; messages are {sorted(menu.messages)}"
         ) from exc
-    return render(template, variables, prompt_id=f"{menu.name}.{message_id}")
+    values = dict(variables)
+    if "name" in values:  # the templates say "Doctor {name}"
+        values["name"] = spoken_name(values["name"])
+    return render(template, values, prompt_id=f"{menu.name}.{message_id}")
+
+
+def spoken_name(display_name: str) -> str:
+    """``"Dr. Ada Lee"`` -> ``"Ada Lee"``: prompts already say "Doctor"."""
+    return re.sub(r"^\s*(dr\.?|doctor)\s+", "", display_name, flags=re.IGNORECASE).strip() or display_name

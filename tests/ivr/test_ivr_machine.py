@@ -398,3 +398,10 @@ def test_missing_variable_is_refused_at_construction() -> None:
 def test_menu_validation(steps: tuple[ChoiceStep, ...], initial: str, message: str) -> None:
     with pytest.raises(IvrError, match=message):
         Menu(name="bad", steps=steps, initial=initial)
+
+
+def test_already_accepted_does_not_say_doctor_twice() -> None:
+    from ivr.menu import alert_menu, message_text
+
+    text = message_text(alert_menu(), "already_accepted", {"name": "Dr. Ada Lee"})
+    assert text == "Doctor Ada Lee has already accepted. Thank you."
