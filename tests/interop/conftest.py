@@ -1,0 +1,113 @@
+"""Fixtures for interop tests: our UserAgent (sip/ua.py) on loopback against the real peers of tests/peers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from comms.clock import SystemClock
+from sip.ua import Call, CallEvent, UaConfig, UserAgent
+from tests.peers.fixtures import baresip, kamailio, sipp, softphone, tls_cert
+
+__all__ = [
+    "Inbox",
+    "UaFactory",
+    "baresip",
+    "event",
+    "kamailio",
+    "make_ua",
+    "sipp",
+    "softphone",
+    "tls_cert",
+    "ua",
+    "uri_of",
+]
+
+E = TypeVar("E", bound=CallEvent)
+UaFactory = Callable[..., Awaitable[UserAgent]]
+
+
+@pytest.fixture
+async def make_ua() -> AsyncIterator[UaFactory]:
+    """``await make_ua(**UaConfig fields)``: a started UserAgent, closed after the test."""
+    started: list[UserAgent] = []
+
+    async def factory(**config: Any) -> UserAgent:
+        agent = await UserAgent.start(SystemClock(), UaConfig(**config))
+        started.append(agent)
+        return agent
+
+    yield factory
+    for agent in started:
+        await agent.close()
+
+
+@pytest.fixture
+async def ua(make_ua: UaFactory) -> UserAgent:
+    """Our UA on 127.0.0.1, UDP and TCP on OS ports."""
+    return await make_ua()
+
+
+def uri_of(agent: UserAgent, user: str = "comms", transport: str = "UDP") -> str:
+    host, port = agent.address(transport)
+    suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
+    return f"sip:{user}@{host}:{port}{suffix}"
+
+
+class Inbox:
+    """Takes a UA's inbound calls, runs ``behaviour`` on each and keeps them for the test."""
+
+    def __init__(self, behaviour: Callable[[Call], Awaitable[None]] | None = None) -> None:
+        self.calls: asyncio.Queue[Call] = asyncio.Queue()
+        self.behaviour = behaviour
+
+    async def __call__(self, call: Call) -> None:
+        self.calls.put_nowait(call)
+        if self.behaviour is not None:
+            await self.behaviour(call)
+
+    async def next(self, within: float = 5.0) -> Call:
+        return await asyncio.wait_for(self.calls.get(), within)
+
+
+async def ring_and_answer(call: Call) -> None:
+    await call.ring()
+    await call.answer()
+
+
+async def ring_only(call: Call) -> None:
+    await call.ring()
+
+
+async def event(call: Call, kind: type[E], within: float = 5.0) -> E:
+    """The first event of ``kind`` in the call's history, waiting up to ``within`` seconds."""
+
+    async def find() -> E:
+        async for item in call.events():
+            if isinstance(item, kind):
+                return item
+        raise AssertionError(f"call {call.id} ended without {kind.__name__}: {call.history}")
+
+    return await asyncio.wait_for(find(), within)
+
+
+@pytest.fixture
+async def softphone_config() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await softphone_config(**SoftphoneConfig fields)``: a started softphone (one per test), stopped after."""
+    pytest.importorskip("pjsua2", reason="the softphone extra is not installed")
+    from sip.softphone import Softphone, SoftphoneConfig
+
+    phones: list[Softphone] = []
+
+    async def start(**config: Any) -> Softphone:
+        phone = Softphone()
+        phones.append(phone)
+        await phone.start(SoftphoneConfig(**config))
+        return phone
+
+    yield start
+    for phone in phones:
+        await phone.stop()
