@@ -38,14 +38,17 @@ from config.settings import (
     ConfigError,
     DatabaseSettings,
     DataSettings,
+    DialInConfig,
     EscalationSettings,
     HttpSettings,
     LogSettings,
     MediaSettings,
+    NodeSettings,
     PromptsSettings,
     SecuritySettings,
     Settings,
     SipSettings,
+    TwilioConfig,
 )
 
 ENV_PREFIX = "COMMS_"
@@ -161,6 +164,30 @@ def _level(value: str) -> str:
     return value.upper()
 
 
+def _node_id(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise _Refused("1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+def _sip_users(value: list[str]) -> tuple[str, ...]:
+    if not value or any(not re.fullmatch(r"[A-Za-z0-9_.!~*'()&=+$,;?/-]+", u) for u in value):
+        raise _Refused('a non-empty list of SIP user parts such as ["reaction"]')
+    return tuple(value)
+
+
+def _account_sid(value: str) -> str:
+    if not re.fullmatch(r"AC[0-9a-fA-F]{32}", value):
+        raise _Refused("a Twilio Account SID: 'AC' followed by 32 hex digits")
+    return value
+
+
+def _e164(value: str) -> str:
+    if not re.fullmatch(r"\+[1-9][0-9]{6,14}", value):
+        raise _Refused("an E.164 number such as +13125550100")
+    return value
+
+
 def _db_url(value: str) -> str:
     if value.startswith("sqlite+aiosqlite:///") and len(value) > len("sqlite+aiosqlite:///"):
         return value
@@ -217,6 +244,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cookie_secure": Key("bool", DERIVED),
     },
     "log": {"level": Key("str", "INFO", _level)},
+    "node": {"id": Key("str", "node-1", _node_id)},
+    "dialin": {
+        "users": Key("list", ["reaction"], _sip_users),
+        "fallback_number": Key("str", "the code team", _nonempty),
+    },
+    "twilio": {
+        "account_sid": Key("str", None, _account_sid, optional=True),
+        "auth_token": Key("str", None, _nonempty, optional=True),
+        "from_number": Key("str", None, _e164, optional=True),
+        "api_base_url": Key("str", None, _base_url, optional=True),
+        "webhook_port": Key("int", 0, _port, hint=PORT),
+    },
 }
 
 _EXPECT_TYPE = {
@@ -457,4 +496,32 @@ def _assemble(
         ),
         log=LogSettings(level=val("log", "level")),
         source=path,
+        node=NodeSettings(id=val("node", "id")),
+        dialin=DialInConfig(users=val("dialin", "users"), fallback_number=val("dialin", "fallback_number")),
+        twilio=_twilio(val, problems),
+    )
+
+
+def _twilio(val: Callable[[str, str], Any], problems: list[str]) -> TwilioConfig | None:
+    sid, token, number = (
+        val("twilio", "account_sid"),
+        val("twilio", "auth_token"),
+        val("twilio", "from_number"),
+    )
+    given = {"account_sid": sid, "auth_token": token, "from_number": number}
+    if all(v is None for v in given.values()):
+        return None
+    for key, value in given.items():
+        if value is None:
+            problems.append(
+                f"twilio.{key} is unset: expected it with the other twilio keys (or none of them)"
+            )
+    if None in given.values():
+        return None
+    return TwilioConfig(
+        account_sid=sid,
+        auth_token=token,
+        from_number=number,
+        api_base_url=val("twilio", "api_base_url"),
+        webhook_port=val("twilio", "webhook_port"),
     )

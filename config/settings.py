@@ -91,6 +91,31 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class NodeSettings:
+    id: str = "node-1"
+    """Names this process in leases and evidence; must differ between nodes sharing one database."""
+
+
+@dataclass(frozen=True)
+class DialInConfig:
+    users: tuple[str, ...] = ("reaction",)
+    """Request-URI users that reach the technologist dial-in (``sip:reaction@<sip.host>``)."""
+    fallback_number: str = "the code team"
+    """Spoken to a technologist when nobody accepted."""
+
+
+@dataclass(frozen=True)
+class TwilioConfig:
+    account_sid: str
+    auth_token: str = field(repr=False)
+    from_number: str
+    api_base_url: str | None = None
+    """Only for tests and staging: where the Twilio REST API is (default: Twilio's own)."""
+    webhook_port: int = 0
+    """Port of the Twilio webhook listener (its routes are signed by Twilio, not by our sessions)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     data: DataSettings
     database: DatabaseSettings
@@ -102,4 +127,7 @@ class Settings:
     security: SecuritySettings
     log: LogSettings
     source: Path | None = None
+    node: NodeSettings = field(default_factory=NodeSettings)
+    dialin: DialInConfig = field(default_factory=DialInConfig)
+    twilio: TwilioConfig | None = None
     """The TOML file the settings came from (``None``: defaults and environment only)."""

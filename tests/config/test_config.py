@@ -270,3 +270,33 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_bytes(b"\xff\xfe[sip]")
     with pytest.raises(ConfigError, match="cannot read the file"):
         load(tmp_path / "bad.toml", {})
+
+
+def test_node_dialin_and_twilio_sections() -> None:
+    from pathlib import Path as _P
+
+    from config.loader import load as _load
+    from config.settings import ConfigError as _CE
+
+    env = {
+        "COMMS_TWILIO__ACCOUNT_SID": "AC" + "0" * 32,
+        "COMMS_TWILIO__AUTH_TOKEN": "secret",
+        "COMMS_TWILIO__FROM_NUMBER": "+13125550100",
+        "COMMS_NODE__ID": "node-b",
+        "COMMS_DIALIN__USERS": "reaction,code",
+    }
+    s = _load(None, env)
+    assert s.twilio is not None
+    assert s.twilio.from_number == "+13125550100"
+    assert s.node.id == "node-b"
+    assert s.dialin.users == ("reaction", "code")
+    assert _load(None, {}).twilio is None
+    try:
+        _load(None, {"COMMS_TWILIO__ACCOUNT_SID": "AC" + "0" * 32})
+    except _CE as exc:
+        text = str(exc)
+    else:
+        raise AssertionError("a partial [twilio] section was accepted")
+    assert "twilio.auth_token is unset" in text
+    assert "twilio.from_number is unset" in text
+    _ = _P
