@@ -33,6 +33,7 @@ replace it with a public ``RtpSession.attach(port)`` later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import logging
 from collections import deque
@@ -53,6 +54,7 @@ from media.session import RtpSession
 
 __all__ = [
     "FRAME_S",
+    "NARROW_FRAME",
     "WIDE_FRAME",
     "WIDE_RATE",
     "AudioBridge",
@@ -61,6 +63,7 @@ __all__ = [
     "Mixer",
     "Party",
     "PartyStats",
+    "Pcm",
     "Resampler",
     "attach_rtp",
     "frame_to_wide",
@@ -116,15 +119,24 @@ class Resampler:
 
 @dataclass
 class FrameQueue:
-    """A small bounded jitter buffer of PCM frames: plays out from the first frame, holds at most ``max_frames``."""
+    """A small bounded jitter buffer of PCM frames.
+
+    Plays out from the first frame; holds at most ``max_frames`` (the oldest is dropped beyond). Two clocks that
+    both tick every 20 ms leave a FIFO at whatever depth a start-up burst gave it, forever: so when the queue
+    never ran below one spare frame for ``trim_window`` pops (0.5 s), one frame is dropped (``trimmed``) and the
+    standing delay shrinks by 20 ms. Jitter that does drain the queue resets the window, so it is absorbed.
+    """
 
     max_frames: int = 3
+    trim_window: int = 25
     frames: deque[Pcm] = field(default_factory=deque)
     received: int = 0
     played: int = 0
     dropped: int = 0
     underruns: int = 0
+    trimmed: int = 0
     _started: bool = False
+    _spare_pops: int = 0
 
     def put(self, samples: Pcm) -> None:
         self.received += 1
@@ -134,13 +146,23 @@ class FrameQueue:
             self.dropped += 1
 
     def pop(self) -> Pcm | None:
+        if not self.frames:
+            if self._started:
+                self.underruns += 1
+            self._spare_pops = 0
+            return None
+        self._started = True
+        self.played += 1
+        frame = self.frames.popleft()
         if self.frames:
-            self._started = True
-            self.played += 1
-            return self.frames.popleft()
-        if self._started:
-            self.underruns += 1
-        return None
+            self._spare_pops += 1
+            if self._spare_pops >= self.trim_window:
+                self.frames.popleft()
+                self.trimmed += 1
+                self._spare_pops = 0
+        else:
+            self._spare_pops = 0
+        return frame
 
 
 @dataclass(frozen=True)
@@ -240,33 +262,37 @@ def frame_to_wide(frame: av.AudioFrame, resampler: list[av.AudioResampler]) -> l
 
 
 class BridgeTrack(MediaStreamTrack):
-    """An audio track aiortc sends: one mixed 20 ms frame per bridge tick (latest wins if aiortc lags)."""
+    """An audio track aiortc sends: one mixed 20 ms frame per bridge tick.
+
+    Between the mixer's tick and aiortc's sender sits a :class:`FrameQueue` (bounded, trimmed), so a moment when
+    the encoder lagged does not become a standing delay.
+    """
 
     kind = "audio"
 
     def __init__(self, max_frames: int = 3) -> None:
         super().__init__()
-        self._queue: asyncio.Queue[Pcm | None] = asyncio.Queue()
-        self._max = max_frames
+        self.queue = FrameQueue(max_frames=max_frames)
+        self._ready = asyncio.Event()
         self._pts = 0
-        self.dropped = 0
 
     def feed(self, samples: Pcm) -> None:
-        while self._queue.qsize() >= self._max:
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(samples)
+        self.queue.put(samples)
+        self._ready.set()
 
     def stop(self) -> None:
         super().stop()
-        self._queue.put_nowait(None)
+        self._ready.set()
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        samples = await self._queue.get()
-        if samples is None:
-            raise MediaStreamError
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            samples = self.queue.pop() if self.queue.frames else None
+            if samples is not None:
+                break
+            self._ready.clear()
+            await self._ready.wait()
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = WIDE_RATE
         frame.pts = self._pts
@@ -296,7 +322,8 @@ def attach_rtp(
         extra = next_to_send()
         if extra is None:
             return own
-        return np.clip(own.astype(np.int32) + extra, -32768, 32767).astype(np.int16)
+        mixed: Pcm = np.clip(own.astype(np.int32) + extra, -32768, 32767).astype(np.int16)
+        return mixed
 
     def record(samples: Pcm) -> None:
         original_record(samples)
@@ -322,7 +349,7 @@ class _PhonePort:
         self.session = session
         self._down = Resampler("down")
         self._up = Resampler("up")
-        self._out: deque[Pcm] = deque(maxlen=3)
+        self._out = FrameQueue(max_frames=3)
         self._silent_rx = True
 
     def on_received(self, samples: Pcm) -> None:
@@ -333,10 +360,10 @@ class _PhonePort:
         self.bridge._push(self.party.id, self._up.process(samples))
 
     def on_mix(self, wide: Pcm) -> None:
-        self._out.append(self._down.process(wide))
+        self._out.put(self._down.process(wide))
 
     def next_to_send(self) -> Pcm | None:
-        return self._out.popleft() if self._out else None
+        return self._out.pop()
 
 
 class AudioBridge:
@@ -375,10 +402,8 @@ class AudioBridge:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
                 await task
-            except (asyncio.CancelledError, MediaStreamError):
-                pass
 
     # --- parties -----------------------------------------------------------------------------------------------
     def add_webrtc(self, party_id: str, kind: str, inbound: MediaStreamTrack | None) -> BridgeTrack:
@@ -390,6 +415,19 @@ class AudioBridge:
         if inbound is not None:
             self.set_inbound(party_id, inbound)
         self.start()
+        return out
+
+    def new_output(self, party_id: str) -> BridgeTrack:
+        """A fresh outbound track for a WebRTC party that reconnected (aiortc stops a track with its sender)."""
+        party = self.mixer.parties.get(party_id)
+        if party is None:
+            raise MediaError(f"cannot give party {party_id!r} a new output: not in the bridge")
+        old = self._tracks.get(party_id)
+        if old is not None:
+            old.stop()
+        out = BridgeTrack()
+        party.on_mix = out.feed
+        self._tracks[party_id] = out
         return out
 
     def set_inbound(self, party_id: str, inbound: MediaStreamTrack) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +31,13 @@ from aiortc import MediaStreamTrack
 
 from comms.clock import Clock, TimerHandle
 from comms.ids import new_id
-from media.bridge import AudioBridge, BridgeTrack
+from media import audio
+from media.bridge import NARROW_FRAME, AudioBridge, BridgeTrack, Pcm, Resampler
 from media.errors import MediaError
-from media.supervision import Alarm, PartySample, Record, Sample, Supervision
-from media.webrtc import ConsoleSession, IceServer, RoomSession
+from media.supervision import Alarm, PartySample, Sample, Supervision
+from media.webrtc import ConsoleSession, IceServer, PassThroughVideoTrack, RoomSession
 
-__all__ = ["MediaEvidence", "MediaGateway", "Room"]
+__all__ = ["MediaEvidence", "MediaGateway", "Room", "StreamLeg"]
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,41 @@ class _Phone:
     restore_tried: bool = False
 
 
+class StreamLeg:
+    """A phone leg carried as 20 ms frames of 8 kHz µ-law over a WebSocket (Twilio Media Streams).
+
+    The WebSocket adapter calls :meth:`receive` with each inbound payload and sends what ``send`` is given.
+    """
+
+    def __init__(self, bridge: AudioBridge, party: str, send: Callable[[bytes], None]) -> None:
+        self.bridge = bridge
+        self.party = party
+        self._send = send
+        self._up = Resampler("up")
+        self._down = Resampler("down")
+        self._pending = b""
+        self.frames_in = 0
+        self.frames_out = 0
+
+    def receive(self, ulaw: bytes) -> None:
+        self._pending += ulaw
+        while len(self._pending) >= NARROW_FRAME:
+            chunk, self._pending = self._pending[:NARROW_FRAME], self._pending[NARROW_FRAME:]
+            self.frames_in += 1
+            self.bridge.push_pcm(self.party, self._up.process(audio.decode("PCMU", chunk)))
+
+    def on_mix(self, wide: Pcm) -> None:
+        self.frames_out += 1
+        self._send(audio.encode("PCMU", self._down.process(wide)))
+
+
 @dataclass
 class _Incident:
     id: str
     room_code: str
     supervision: Supervision
     phones: dict[str, _Phone] = field(default_factory=dict)
+    streams: dict[str, tuple[StreamLeg, str | None]] = field(default_factory=dict)
     last_quality: float = 0.0
 
 
@@ -93,8 +123,11 @@ class MediaGateway:
         evidence: EvidenceSink | None = None,
         loss_after_s: float = 3.0,
         quality_every_s: float = 5.0,
+        video_passthrough: bool = True,
     ) -> None:
         self.clock = clock
+        #: forward the room camera's encoded VP8 to consoles (False: decode and re-encode per console)
+        self.video_passthrough = video_passthrough
         self.ice_servers = tuple(ice_servers)
         self.loss_after_s = loss_after_s
         self.quality_every_s = quality_every_s
@@ -108,6 +141,7 @@ class MediaGateway:
         self._k = 0
         self.history: list[MediaEvidence] = []  # what was emitted (bounded to the last 1000)
         self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- rooms ---------------------------------------------------------------------------------------------------
     def room(self, code: str) -> Room:
@@ -116,15 +150,16 @@ class MediaGateway:
             bridge = AudioBridge(self.clock, name=f"room {code}")
 
             def on_audio(track: MediaStreamTrack) -> MediaStreamTrack:
-                if room_ref.room_out is None:
+                if "room" not in bridge.mixer.parties:
                     room_ref.room_out = bridge.add_webrtc("room", "room", track)
-                else:
+                else:  # a reconnect: new tracks both ways (aiortc stopped the old ones with the old sender)
                     bridge.set_inbound("room", track)
+                    room_ref.room_out = bridge.new_output("room")
                 return room_ref.room_out
 
             def on_video(track: MediaStreamTrack) -> None:
                 for console in room_ref.consoles.values():
-                    console.video_out.switch(room_ref.session.subscribe_video())
+                    self._feed_console(room_ref, console)
 
             def on_state(state: str) -> None:
                 log.info("[room=%s] tablet connection %s", code, state)
@@ -133,6 +168,7 @@ class MediaGateway:
                 code, self.clock, self.ice_servers, on_audio=on_audio, on_video=on_video, on_state=on_state
             )
             room_ref = room = Room(code, session, bridge)
+            session.camera = lambda: self._camera(room_ref)
             self.rooms[code] = room
         return room
 
@@ -144,10 +180,12 @@ class MediaGateway:
         """A radiologist's browser joins ``room_code``: returns ``(console_id, answer_sdp)``."""
         room = self.room(room_code)
         console_id = new_id()
-        console = ConsoleSession(console_id, person_id, self.clock, self.ice_servers)
+        console = ConsoleSession(
+            console_id, person_id, self.clock, self.ice_servers, passthrough=self.video_passthrough
+        )
         party = f"browser:{console_id}"
         out = room.bridge.add_webrtc(party, "browser", None)
-        console.video_out.switch(room.session.subscribe_video())
+        self._feed_console(room, console)
         room.consoles[console_id] = console
 
         def on_audio(track: MediaStreamTrack) -> None:
@@ -159,8 +197,24 @@ class MediaGateway:
                 asyncio.get_running_loop().create_task(self.leave_console(room_code, console_id))
 
         answer = await console.accept_offer(offer_sdp, out, on_audio, on_state)
+        if console.video_in is not None:  # the latest console with a camera is what the room sees
+            room.session.video_back.switch(console.subscribe_camera())
         self._ensure_ticking()
         return console_id, answer
+
+    def _feed_console(self, room: Room, console: ConsoleSession) -> None:
+        video = console.video_out
+        if isinstance(video, PassThroughVideoTrack):
+            video.switch(room.session.tap)
+        else:
+            video.switch(room.session.subscribe_video())
+
+    def _camera(self, room: Room) -> MediaStreamTrack | None:
+        """A new subscription to the camera of the latest console that has one."""
+        for console in reversed(list(room.consoles.values())):
+            if console.video_in is not None:
+                return console.subscribe_camera()
+        return None
 
     async def leave_console(self, room_code: str, console_id: str) -> None:
         room = self.rooms.get(room_code)
@@ -171,6 +225,7 @@ class MediaGateway:
             return
         room.bridge.remove(f"browser:{console_id}")
         await console.close()
+        room.session.video_back.switch(self._camera(room))
 
     # --- incidents and phone legs ---------------------------------------------------------------------------------
     def open_incident(self, incident_id: str, room_code: str) -> None:
@@ -179,7 +234,9 @@ class MediaGateway:
             return
         self.room(room_code)
         sup = Supervision(incident_id, self.clock.monotonic(), loss_after=self.loss_after_s)
-        self.incidents[incident_id] = _Incident(incident_id, room_code, sup, last_quality=self.clock.monotonic())
+        self.incidents[incident_id] = _Incident(
+            incident_id, room_code, sup, last_quality=self.clock.monotonic()
+        )
         self._ensure_ticking()
 
     async def close_incident(self, incident_id: str) -> dict[str, Any]:
@@ -198,7 +255,9 @@ class MediaGateway:
         """
         inc = self.incidents.get(incident_id)
         if inc is None:
-            raise MediaError(f"cannot join a phone to incident {incident_id}: not open (call open_incident first)")
+            raise MediaError(
+                f"cannot join a phone to incident {incident_id}: not open (call open_incident first)"
+            )
         session = getattr(call, "media", None)
         if session is None or getattr(session, "state", None) != "running":
             state = getattr(session, "state", None)
@@ -212,6 +271,57 @@ class MediaGateway:
         self._emit(MediaEvidence(incident_id, "media.phone_joined", {"party": party}, leg_id))
         return party
 
+    async def on_accepted(self, order: Any, call: Any) -> bool:
+        """``escalation.sip_channel.AcceptedCallHandler``: bridge the winner's call into the incident's room.
+
+        ``order`` is an ``escalation.channel.LegOrder`` (``incident_id``, ``room_code``, ``leg_id``). Returns
+        False, joining nothing, when nobody is there to talk to (no live room session and no other party), so the
+        channel can say so and hang up; True once the call is bridged (the record is audio-only until a console
+        shows video).
+        """
+        self.open_incident(order.incident_id, order.room_code)
+        room = self.rooms[order.room_code]
+        if room.session.state != "connected" and not room.bridge.mixer.parties:
+            log.info(
+                "[incident=%s] accepted call not bridged: room %s has no live session",
+                order.incident_id,
+                order.room_code,
+            )
+            return False
+        try:
+            await self.join_phone(order.incident_id, call, leg_id=order.leg_id)
+        except MediaError as exc:
+            log.warning(
+                "[incident=%s leg=%s] accepted call not bridged: %s", order.incident_id, order.leg_id, exc
+            )
+            return False
+        return True
+
+    def join_stream(
+        self, incident_id: str, stream_id: str, send: Callable[[bytes], None], *, leg_id: str | None = None
+    ) -> StreamLeg:
+        """Bridge a media stream (Twilio ``<Connect><Stream>``): ``send`` gets 160 bytes of µ-law every 20 ms."""
+        inc = self.incidents.get(incident_id)
+        if inc is None:
+            raise MediaError(f"cannot join stream {stream_id} to incident {incident_id}: not open")
+        room = self.rooms[inc.room_code]
+        party = f"pstn:{stream_id}"
+        leg = StreamLeg(room.bridge, party, send)
+        room.bridge.add_pcm(party, leg.on_mix)
+        inc.streams[party] = (leg, leg_id)
+        self._emit(
+            MediaEvidence(incident_id, "media.phone_joined", {"party": party, "via": "stream"}, leg_id)
+        )
+        return leg
+
+    def leave_stream(self, incident_id: str, leg: StreamLeg, reason: str) -> None:
+        inc = self.incidents.get(incident_id)
+        room = self.rooms.get(inc.room_code) if inc is not None else None
+        if room is not None:
+            room.bridge.remove(leg.party)
+        if inc is not None and inc.streams.pop(leg.party, None) is not None:
+            self._emit(MediaEvidence(inc.id, "media.phone_left", {"party": leg.party, "reason": reason}))
+
     async def _watch_call(self, inc: _Incident, room: Room, phone: _Phone) -> None:
         try:
             ended = await phone.call.wait_ended()
@@ -220,7 +330,9 @@ class MediaGateway:
             reason = f"watch failed: {exc}"
         room.bridge.remove(phone.party)
         inc.phones.pop(phone.party, None)
-        self._emit(MediaEvidence(inc.id, "media.phone_left", {"party": phone.party, "reason": reason}, phone.leg_id))
+        self._emit(
+            MediaEvidence(inc.id, "media.phone_left", {"party": phone.party, "reason": reason}, phone.leg_id)
+        )
 
     # --- status for pages ----------------------------------------------------------------------------------------
     def room_status(self, room_code: str) -> dict[str, Any]:
@@ -293,6 +405,13 @@ class MediaGateway:
                     leg_id=phone.leg_id,
                 )
             )
+        for party, (_leg, leg_id) in inc.streams.items():
+            st = stats.get(party)
+            radiologists.append(
+                PartySample(
+                    party, "pstn", st.last_in_mono if st else None, delivering_audio=True, leg_id=leg_id
+                )
+            )
         for cid, console in room.consoles.items():
             party = f"browser:{cid}"
             st = stats.get(party)
@@ -315,7 +434,7 @@ class MediaGateway:
                 self._on_alarm(inc, room, action)
         if now - inc.last_quality >= self.quality_every_s - 1e-6:
             inc.last_quality = now
-            asyncio.get_running_loop().create_task(self._quality(inc, room))
+            self._spawn(self._quality(inc, room))
 
     def _on_alarm(self, inc: _Incident, room: Room, alarm: Alarm) -> None:
         party = str(alarm.data.get("party"))
@@ -324,7 +443,7 @@ class MediaGateway:
             phone = inc.phones.get(party)
             if phone is not None and not phone.restore_tried:
                 phone.restore_tried = True
-                asyncio.get_running_loop().create_task(self._reinvite(inc, phone))
+                self._spawn(self._reinvite(inc, phone))
             elif party == "room":
                 self._emit(
                     MediaEvidence(
@@ -344,10 +463,22 @@ class MediaGateway:
             result = f"failed: {exc}"
         self._emit(
             MediaEvidence(
-                inc.id, "media.restore_attempt", {"party": phone.party, "method": "reinvite", "result": result},
+                inc.id,
+                "media.restore_attempt",
+                {"party": phone.party, "method": "reinvite", "result": result},
                 phone.leg_id,
             )
         )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("media gateway task failed", exc_info=task.exception())
 
     async def _quality(self, inc: _Incident, room: Room) -> None:
         data: dict[str, Any] = {"room": await room.session.stats()}

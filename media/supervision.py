@@ -147,7 +147,12 @@ class Supervision:
                 out.append(
                     Record(
                         "media.established",
-                        {"party": p.party, "kind": p.kind, "direction": f"{p.kind}->gateway", "second": second},
+                        {
+                            "party": p.party,
+                            "kind": p.kind,
+                            "direction": f"{p.kind}->gateway",
+                            "second": second,
+                        },
                         p.leg_id,
                     )
                 )

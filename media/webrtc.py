@@ -15,7 +15,12 @@ into the room's :class:`~media.bridge.AudioBridge`; what the room hears is the b
 on the same connection.
 
 A :class:`ConsoleSession` is a radiologist's browser: it receives the room's video and the bridge's mix (room
-and any phone legs) and sends its microphone (and camera, when it has one: kept, not yet shown in the room).
+and any phone legs) and sends its microphone and, when it has one, its camera (shown in the room through the
+room connection's ``video_back`` track). The room's video is *forwarded, not transcoded*: both connections
+negotiate VP8, an :class:`EncodedVideoTap` on the room's receiver hands each encoded frame to every console's
+:class:`PassThroughVideoTrack` (aiortc's sender packetises an ``av.Packet`` as it is), key frames are asked of
+the room by RTCP PLI when a console joins or reports picture loss. The frames still reach aiortc's decoder once
+per room, for the :class:`VideoMonitor` that supervision reads. (``passthrough=False`` re-encodes per console.)
 
 Latency seam: aiortc 1.16 builds ``JitterBuffer(capacity=16, prefetch=4)`` inside ``RTCRtpReceiver`` for
 audio, which holds four 20 ms frames before releasing one and stalls up to 16 packets behind a lost one.
@@ -30,6 +35,8 @@ import asyncio
 import contextlib
 import fractions
 import logging
+import queue
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +48,8 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.contrib.media import MediaRelay
@@ -87,7 +96,9 @@ class IceServer:
 def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
     """An explicit configuration: an empty list means host candidates only (aiortc's default is Google STUN)."""
     return RTCConfiguration(
-        iceServers=[RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers]
+        iceServers=[
+            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers
+        ]
     )
 
 
@@ -117,6 +128,160 @@ def low_latency_audio(receiver: RTCRtpReceiver) -> bool:
         return False
     setattr(receiver, _JB_ATTR, PassThroughAudioBuffer())
     return True
+
+
+_DQ_ATTR = "_RTCRtpReceiver__decoder_queue"
+
+
+def _is_vp8_keyframe(data: bytes) -> bool:
+    # RFC 6386 §9.1: the frame tag's lowest bit is 0 for a key frame
+    return bool(data) and not data[0] & 0x01
+
+
+class _TeeQueue(queue.Queue[Any]):
+    """aiortc's receiver → decoder-thread queue, also handing each encoded frame to the tap (event-loop thread)."""
+
+    def __init__(self, tap: EncodedVideoTap) -> None:
+        super().__init__()
+        self._tap = tap
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item
+            self._tap._frame(str(codec.name), frame.data, frame.timestamp)
+        super().put(item, block, timeout)
+
+
+class EncodedVideoTap:
+    """The room camera's *encoded* VP8 frames, forwarded to consoles without decoding or re-encoding.
+
+    Installed on the room's video receiver (aiortc 1.16 private ``__decoder_queue``, pinned by a test); the
+    frames still reach aiortc's decoder for the supervision monitor (one decode per room, no encode per console).
+    A new subscriber waits for a key frame; the tap asks the room for one with an RTCP PLI (and again every
+    second until it comes), and a console's own PLI is passed on to the room.
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        self.receiver = receiver
+        self.subscribers: set[PassThroughVideoTrack] = set()
+        self.frames = 0
+        self.codec = ""
+        self._pli_pending = False
+        self.installed = False
+        current = getattr(receiver, _DQ_ATTR, None)
+        if isinstance(current, queue.Queue) and current.empty():
+            setattr(receiver, _DQ_ATTR, _TeeQueue(self))
+            self.installed = True
+        else:
+            log.warning("aiortc receiver has no empty %s: consoles get re-encoded video", _DQ_ATTR)
+
+    def request_keyframe(self) -> None:
+        if self._pli_pending:
+            return
+        self._pli_pending = True
+        asyncio.get_running_loop().create_task(self._send_pli())
+
+    async def _send_pli(self) -> None:
+        try:
+            for source in self.receiver.getSynchronizationSources():
+                await self.receiver._send_rtcp_pli(source.source)
+        except Exception as exc:  # a closing transport: the next request retries
+            log.info("could not ask the room for a key frame: %s", exc)
+        finally:
+            self._pli_pending = False
+
+    def _frame(self, codec: str, data: bytes, timestamp: int) -> None:
+        self.frames += 1
+        self.codec = codec
+        key = codec == "VP8" and _is_vp8_keyframe(data)
+        for track in list(self.subscribers):
+            track._offer(data, timestamp, key)
+
+    def unsubscribe(self, track: PassThroughVideoTrack) -> None:
+        self.subscribers.discard(track)
+
+
+def prefer_vp8(transceiver: RTCRtpTransceiver) -> None:
+    """Negotiate VP8 on a video transceiver, so that encoded frames pass between room and consoles unchanged."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    transceiver.setCodecPreferences([c for c in codecs if c.mimeType in ("video/VP8", "video/rtx")])
+
+
+class PassThroughVideoTrack(MediaStreamTrack):
+    """Encoded frames from an :class:`EncodedVideoTap` as ``av.Packet`` (aiortc's sender packs them as they are).
+
+    ``rebind()`` moves it to the tap of a new room connection; it then waits for a key frame again.
+    """
+
+    kind = "video"
+    MAX_QUEUED = 30
+
+    def __init__(self, clock: Clock, tap: EncodedVideoTap | None = None) -> None:
+        super().__init__()
+        self.clock = clock
+        self.tap: EncodedVideoTap | None = None
+        self._queue: deque[tuple[bytes, int]] = deque()
+        self._ready = asyncio.Event()
+        self._keyed = False
+        self._asked = 0.0
+        self.frames_sent = 0
+        self.last_sent_mono: float | None = None
+        self.rebind(tap)
+
+    def rebind(self, tap: EncodedVideoTap | None) -> None:
+        if self.tap is not None:
+            self.tap.unsubscribe(self)
+        self.tap = tap
+        self._keyed = False
+        self._queue.clear()
+        if tap is not None:
+            tap.subscribers.add(self)
+            tap.request_keyframe()
+
+    def _offer(self, data: bytes, timestamp: int, key: bool) -> None:
+        if not self._keyed:
+            if not key:
+                now = self.clock.monotonic()
+                if now - self._asked > 1.0 and self.tap is not None:
+                    self._asked = now
+                    self.tap.request_keyframe()
+                return
+            self._keyed = True
+        if len(self._queue) >= self.MAX_QUEUED:
+            # the sender fell far behind: drop the backlog and restart from a key frame
+            self._queue.clear()
+            self._keyed = False
+            return
+        self._queue.append((data, timestamp))
+        self._ready.set()
+
+    def key_needed(self) -> None:
+        """The console reported picture loss (PLI/FIR): ask the room for a key frame."""
+        if self.tap is not None:
+            self.tap.request_keyframe()
+
+    async def recv(self) -> av.Packet[Any]:
+        while not self._queue:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        data, timestamp = self._queue.popleft()
+        packet = av.Packet(data)
+        packet.pts = timestamp
+        packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.frames_sent += 1
+        self.last_sent_mono = self.clock.monotonic()
+        return packet
+
+    def switch(self, source: EncodedVideoTap | None) -> None:
+        self.rebind(source)
+
+    def stop(self) -> None:
+        if self.tap is not None:
+            self.tap.unsubscribe(self)
+        super().stop()
+        self._ready.set()
 
 
 class VideoMonitor:
@@ -207,15 +372,6 @@ class SwitchableVideoTrack(MediaStreamTrack):
         self._changed.set()
 
 
-async def _answer(pc: RTCPeerConnection, offer_sdp: str) -> str:
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-    answer = await pc.createAnswer()
-    await pc.setLocalDescription(answer)  # aiortc gathers every candidate before this returns
-    local = pc.localDescription
-    assert local is not None
-    return str(local.sdp)
-
-
 async def sample_stats(pc: RTCPeerConnection) -> dict[str, Any]:
     """The health figures of one connection: per kind packets/lost/jitter/bytes in, RTT, connection state."""
     out: dict[str, Any] = {"state": pc.connectionState}
@@ -232,7 +388,8 @@ async def sample_stats(pc: RTCPeerConnection) -> dict[str, Any]:
                 out[f"{kind}_lost"] = stat.packetsLost
                 out[f"{kind}_jitter"] = stat.jitter
             case "remote-inbound-rtp":
-                out[f"{kind}_rtt_ms"] = round(stat.roundTripTime * 1000, 1)
+                if stat.roundTripTime is not None:
+                    out[f"{kind}_rtt_ms"] = round(stat.roundTripTime * 1000, 1)
             case "transport":
                 out["bytes_in"] = stat.bytesReceived
                 out["bytes_out"] = stat.bytesSent
@@ -262,8 +419,14 @@ class RoomSession:
         self.pc: RTCPeerConnection | None = None
         self.audio_in: MediaStreamTrack | None = None
         self.video_in: MediaStreamTrack | None = None
+        #: the room camera's encoded frames (None before the first connection, or if the seam moved)
+        self.tap: EncodedVideoTap | None = None
         self.connected_mono: float | None = None
         self.connections = 0
+        #: what the room sees: the camera of a radiologist console (nothing is sent while there is none);
+        #: a new track per connection, fed from ``camera()`` (aiortc stops a track with its sender)
+        self.video_back = SwitchableVideoTrack(clock)
+        self.camera: Callable[[], MediaStreamTrack | None] = lambda: None
         self._on_audio = on_audio  # takes the room's microphone, returns the track the room should hear
         self._on_video = on_video
         self._on_state = on_state
@@ -279,6 +442,7 @@ class RoomSession:
             await old.close()
         pc = self.pc
         self.connections += 1
+        self.audio_in = self.video_in = None
         outbound: list[MediaStreamTrack] = []
 
         @pc.on("track")
@@ -291,6 +455,11 @@ class RoomSession:
                 outbound.append(self._on_audio(track))
             elif track.kind == "video":
                 self.video_in = track
+                for transceiver in pc.getTransceivers():
+                    if transceiver.receiver.track is track:
+                        prefer_vp8(transceiver)
+                        tap = EncodedVideoTap(transceiver.receiver)
+                        self.tap = tap if tap.installed else None
                 self.monitor.watch(self.relay.subscribe(track, buffered=False))
                 self._on_video(track)
 
@@ -306,6 +475,11 @@ class RoomSession:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         for track in outbound:
             pc.addTrack(track)
+        if self.video_in is not None:
+            self.video_back.stop()
+            self.video_back = SwitchableVideoTrack(self.clock)
+            self.video_back.switch(self.camera())
+            pc.addTrack(self.video_back)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         local = pc.localDescription
@@ -316,9 +490,7 @@ class RoomSession:
         return self.relay.subscribe(self.video_in, buffered=False) if self.video_in is not None else None
 
     async def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = (
-            await sample_stats(self.pc) if self.pc is not None else {"state": "new"}
-        )
+        out: dict[str, Any] = await sample_stats(self.pc) if self.pc is not None else {"state": "new"}
         out.update(
             video_frames=self.monitor.frames,
             width=self.monitor.width,
@@ -329,6 +501,7 @@ class RoomSession:
 
     async def close(self) -> None:
         await self.monitor.close()
+        self.video_back.stop()
         if self.pc is not None:
             await self.pc.close()
 
@@ -336,15 +509,32 @@ class RoomSession:
 class ConsoleSession:
     """A radiologist's browser: room video and the bridge's mix out, their microphone in."""
 
-    def __init__(self, console_id: str, person_id: str, clock: Clock, ice_servers: Sequence[IceServer]) -> None:
+    def __init__(
+        self,
+        console_id: str,
+        person_id: str,
+        clock: Clock,
+        ice_servers: Sequence[IceServer],
+        *,
+        passthrough: bool = True,
+    ) -> None:
         self.id = console_id
         self.person_id = person_id
         self.clock = clock
         self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
-        self.video_out = SwitchableVideoTrack(clock)
+        #: the room's video: its encoded VP8 frames passed through, or (``passthrough=False``) re-encoded
+        self.video_out: PassThroughVideoTrack | SwitchableVideoTrack = (
+            PassThroughVideoTrack(clock) if passthrough else SwitchableVideoTrack(clock)
+        )
         self.audio_in: MediaStreamTrack | None = None
         self.video_in: MediaStreamTrack | None = None
         self.connected_mono: float | None = None
+        self.relay = MediaRelay()
+        self.camera = VideoMonitor(clock)
+
+    def subscribe_camera(self) -> MediaStreamTrack | None:
+        """The radiologist's camera, for the room (None when the console sends no video)."""
+        return self.relay.subscribe(self.video_in, buffered=False) if self.video_in is not None else None
 
     async def accept_offer(
         self,
@@ -364,8 +554,9 @@ class ConsoleSession:
                 self.audio_in = track
                 on_audio(track)
             else:
-                self.video_in = track  # the radiologist's camera: drained so aiortc's queue stays bounded
-                VideoMonitor(self.clock).watch(track)
+                # the radiologist's camera: always drained by the monitor, so aiortc's queue stays bounded
+                self.video_in = track
+                self.camera.watch(self.relay.subscribe(track, buffered=False))
 
         @pc.on("connectionstatechange")
         def on_conn() -> None:
@@ -375,7 +566,13 @@ class ConsoleSession:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         pc.addTrack(audio_out)
-        pc.addTrack(self.video_out)
+        sender = pc.addTrack(self.video_out)
+        if isinstance(self.video_out, PassThroughVideoTrack):
+            for transceiver in pc.getTransceivers():
+                if transceiver.sender is sender:
+                    prefer_vp8(transceiver)
+            # aiortc answers a console's PLI by forcing a key frame in its encoder; we have none: ask the room
+            setattr(sender, "_send_keyframe", self.video_out.key_needed)  # noqa: B010 - instance override
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         local = pc.localDescription
@@ -388,4 +585,5 @@ class ConsoleSession:
 
     async def close(self) -> None:
         self.video_out.stop()
+        await self.camera.close()
         await self.pc.close()

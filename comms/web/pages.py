@@ -102,7 +102,9 @@ async def room_page(request: web.Request) -> web.StreamResponse:
             for s in (Severity.SEVERE, Severity.MODERATE, Severity.MILD, Severity.UNKNOWN)
         ),
     )
-    return _page(request, title=f"Room {code}", body=body, scripts=("room.js",), body_class="room")
+    return _page(
+        request, title=f"Room {code}", body=body, scripts=("room.js", "room_media.js"), body_class="room"
+    )
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
