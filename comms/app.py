@@ -11,16 +11,30 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from comms import twilio_media
 from comms.clock import Clock, SystemClock
 from comms.db.engine import create_engine, migrate, session_factory
+from comms.twilio_web import build_twilio_app
+from comms.web import media_routes
 from comms.web.app import build_app
 from comms.web.context import WebServices
+from escalation.channel import Channel
+from escalation.dialin import DialIn, DialInSettings, chain_accepted
 from escalation.onsite import SipAnnouncer
 from escalation.runner import EscalationRunner
 from escalation.sip_channel import SipChannel
+from escalation.twilio_channel import (
+    TwilioSettings,
+    TwilioSmsChannel,
+    TwilioVoiceChannel,
+    close_twilio_client,
+    twilio_client,
+)
 from escalation.watchdog import Notifier, Watchdog
 from escalation.webhook_channel import WebhookChannel
 from ivr.prompts import PromptRenderer
+from media.gateway import MediaGateway
+from media.webrtc import IceServer
 from sip.ua import UaConfig, UserAgent
 
 log = logging.getLogger(__name__)
@@ -52,6 +66,13 @@ class AppConfig:
     ops_webhook_url: str | None = None
     """The ops contact the watchdog alarms (signed with ``webhook_secret``)."""
     webhook_secret: bytes = b""
+    dialin: DialInSettings | None = field(default_factory=DialInSettings)
+    """The technologist dial-in (``sip:reaction@<sip_host>``); ``None`` refuses inbound calls."""
+    twilio: TwilioSettings | None = None
+    """Twilio voice and SMS channels; their webhooks listen on ``twilio_port`` (Twilio signs them)."""
+    twilio_port: int = 0
+    ice_servers: tuple[IceServer, ...] = ()
+    """STUN/TURN servers for the room and console WebRTC sessions (none: host candidates only)."""
 
 
 class CommsApp:
@@ -65,10 +86,15 @@ class CommsApp:
         self.ua: UserAgent | None = None
         self.runner: EscalationRunner | None = None
         self.watchdog: Watchdog | None = None
+        self.dialin: DialIn | None = None
         self._ops: WebhookChannel | None = None
         self.prompts: PromptRenderer | None = None
         self._web: web.AppRunner | None = None
+        self._twilio_web: web.AppRunner | None = None
+        self._twilio_client: object | None = None
+        self.gateway: MediaGateway | None = None
         self.http_port: int = config.http_port
+        self.twilio_port: int = config.twilio_port
 
     @property
     def http_url(self) -> str:
@@ -87,14 +113,29 @@ class CommsApp:
             self.clock, UaConfig(host=cfg.sip_host, udp_port=cfg.sip_udp_port, tcp_port=cfg.sip_tcp_port)
         )
         self.prompts = PromptRenderer(cfg.prompt_cache_dir or cfg.data_dir / "prompts", voice=cfg.voice)
+        self.gateway = MediaGateway(
+            self.clock,
+            ice_servers=cfg.ice_servers,
+            evidence=media_routes.db_evidence_sink(self.sessions, self.clock, source=cfg.node_id),
+        )
         channel = SipChannel(
             self.ua, self.prompts, self.clock, from_uri=cfg.sip_from_uri, ivr_timeout_s=cfg.ivr_timeout_s
         )
+        channel.on_accepted = self.gateway.on_accepted
+        channels: dict[str, Channel] = {channel.kind: channel}
+        voice: TwilioVoiceChannel | None = None
+        sms: TwilioSmsChannel | None = None
+        if cfg.twilio is not None:
+            self._twilio_client = client = twilio_client(cfg.twilio)
+            voice = TwilioVoiceChannel(client, cfg.twilio, self.clock, self.sessions)
+            sms = TwilioSmsChannel(client, cfg.twilio, self.clock, self.sessions)
+            channels[voice.kind] = voice
+            channels[sms.kind] = sms
         self.runner = EscalationRunner(
             self.sessions,
             self.clock,
             node_id=cfg.node_id,
-            channels={channel.kind: channel},
+            channels=channels,
             announcers={"sip": SipAnnouncer(self.ua, self.prompts, from_uri=cfg.sip_from_uri)},
             safety_poll_s=cfg.safety_poll_s,
             min_ring_s=cfg.min_ring_s,
@@ -102,6 +143,15 @@ class CommsApp:
             node_dead_after_s=cfg.node_dead_after_s,
         )
         await self.runner.start()
+        if cfg.dialin is not None:
+            self.dialin = DialIn(
+                self.sessions, self.runner, self.prompts, self.clock, cfg.dialin, node_id=cfg.node_id
+            )
+            self.ua.on_incoming(self.dialin.handle)
+            # a technologist waiting on the line gets the radiologist first; otherwise the room's live session
+            channel.on_accepted = chain_accepted(self.dialin.on_accepted, self.gateway.on_accepted)
+        if sms is not None:
+            sms.attach(self.runner)
         notify: Notifier | None = None
         if cfg.ops_webhook_url and cfg.webhook_secret:
             self._ops = ops = WebhookChannel(self.clock, secret=cfg.webhook_secret, url=cfg.ops_webhook_url)
@@ -121,13 +171,36 @@ class CommsApp:
             session_secret=cfg.session_secret,
             cookie_secure=cfg.cookie_secure,
         )
-        self._web = web.AppRunner(build_app(services), access_log=None)
+        http_app = build_app(services)
+        media_routes.install(http_app, self.gateway)
+        self._web = web.AppRunner(http_app, access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, cfg.http_host, cfg.http_port)
         await site.start()
         for address in self._web.addresses:  # the real port when 0 was asked for
             self.http_port = int(address[1])
             break
+        if cfg.twilio is not None:
+            hooks = build_twilio_app(
+                cfg.twilio,
+                sessions=self.sessions,
+                clock=self.clock,
+                node_id=cfg.node_id,
+                voice=voice,
+                sms=sms,
+            )
+            hooks.router.add_get(
+                twilio_media.PATH,
+                twilio_media.media_stream_handler(
+                    self.gateway, cfg.twilio.auth_token, cfg.twilio.public_base_url
+                ),
+            )
+            self._twilio_web = web.AppRunner(hooks, access_log=None)
+            await self._twilio_web.setup()
+            await web.TCPSite(self._twilio_web, cfg.http_host, cfg.twilio_port).start()
+            for address in self._twilio_web.addresses:
+                self.twilio_port = int(address[1])
+                break
         log.info(
             "Contrast Comms node %s: HTTP %s, SIP %s", cfg.node_id, self.http_url, self.ua.address("UDP")
         )
@@ -135,12 +208,18 @@ class CommsApp:
     async def stop(self) -> None:
         if self._web is not None:
             await self._web.cleanup()
+        if self._twilio_web is not None:
+            await self._twilio_web.cleanup()
         if self.watchdog is not None:
             await self.watchdog.stop()
         if self.runner is not None:
             await self.runner.stop()
         if self._ops is not None:
             await self._ops.close()
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self._twilio_client is not None:
+            await close_twilio_client(self._twilio_client)
         if self.ua is not None:
             await self.ua.close()
         if self.engine is not None:

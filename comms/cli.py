@@ -29,7 +29,19 @@ log = logging.getLogger("comms")
 
 def app_config(settings: Settings) -> AppConfig:
     """The service configuration from validated settings."""
+    from escalation.dialin import DialInSettings
+    from escalation.twilio_channel import TwilioSettings
+
     transports = {t.lower() for t in settings.sip.transports}
+    twilio = None
+    if settings.twilio is not None:
+        twilio = TwilioSettings(
+            account_sid=settings.twilio.account_sid,
+            auth_token=settings.twilio.auth_token,
+            from_number=settings.twilio.from_number,
+            public_base_url=settings.http.public_base_url,
+            api_base_url=settings.twilio.api_base_url,
+        )
     return AppConfig(
         database_url=settings.database.url,
         data_dir=settings.data.dir,
@@ -44,6 +56,12 @@ def app_config(settings: Settings) -> AppConfig:
         prompt_cache_dir=settings.prompts.cache_dir,
         voice=settings.prompts.voice,
         safety_poll_s=settings.escalation.tick_safety_poll_s,
+        node_id=settings.node.id,
+        dialin=DialInSettings(
+            users=frozenset(settings.dialin.users), fallback_number=settings.dialin.fallback_number
+        ),
+        twilio=twilio,
+        twilio_port=settings.twilio.webhook_port if settings.twilio else 0,
     )
 
 

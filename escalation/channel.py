@@ -26,6 +26,22 @@ class LegOrder:
     address: str
     ring_timeout_s: float
     tier: int
+    idempotency_key: str = ""
+    """``incident:tier:target:channel:attempt`` (the outbox key): a receiver can drop a duplicate with it."""
+    require_pin: bool = False
+    """The person has a PIN: accept needs it (checked with :meth:`LegReporter.check_pin`)."""
+
+
+@dataclass(frozen=True)
+class AnnounceOrder:
+    """The severe path's on-site emergency activation: call ``address`` and speak ``message``; never accept."""
+
+    leg_id: str
+    incident_id: str
+    kind: str
+    address: str
+    message: str
+    ring_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,10 @@ class LegReporter(Protocol):
         """Atomically accept the incident for this leg's person, unless somebody already did."""
         ...
 
+    async def check_pin(self, leg_id: str, digits: str) -> bool:
+        """Whether ``digits`` is the PIN of the person this leg was placed to (logged, digits never stored)."""
+        ...
+
 
 class Channel(Protocol):
     kind: str
@@ -54,4 +74,12 @@ class Channel(Protocol):
 
     async def cancel(self, leg_id: str, reason: str) -> None:
         """Stop a live leg (CANCEL before answer, BYE after). Idempotent; unknown legs are ignored."""
+        ...
+
+
+class Announcer(Protocol):
+    kind: str
+
+    async def announce(self, order: AnnounceOrder, reporter: LegReporter) -> None:
+        """Call, speak the message, hang up; report facts. Must not raise for a peer's failure."""
         ...

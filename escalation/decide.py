@@ -9,9 +9,11 @@ Rules, first match wins:
 
 1. **Accepted.** A leg with status ``accepted`` (or ``accepted_by`` already set) wins, even if the tier
    deadline has passed and the tick has not yet run: ``MarkAccepted`` once, then
-   ``CancelLeg(reason="accepted-elsewhere")`` for every other live leg. Nothing is ever dialled once someone
-   accepted. If two legs are accepted, the first in ``state.legs`` order (the store's event order) wins; the
-   other is cancelled like any loser.
+   ``CancelLeg(reason="cancelled-by-accept")`` for every other leg still ringing. Nothing is ever dialled once
+   someone accepted. A leg already *answered* (the person is in the IVR) is not hung up: if they press 1 the
+   channel tells them who accepted ("Dr X has already accepted") and ends the call; otherwise the IVR's own
+   timeout ends it. Hanging up on them would cut that message off mid-sentence. If two legs are accepted,
+   the first in ``state.legs`` order (the store's event order) wins; the other is cancelled like any loser.
 2. **Closed** (resolved, cancelled, exhausted): cancel any live leg (``incident-closed``), nothing else.
 3. **Raised** (no current tier): start tier 0 at ``now``.
 4. **Tier deadline passed:** ``CancelLeg(reason="tier-timeout")`` for the tier's legs that are still *ringing*
@@ -24,11 +26,20 @@ Rules, first match wins:
 6. Otherwise dial whatever the current tier should have dialled and has not (recovery after a crash between
    ``StartTier`` and ``Dial``); usually nothing.
 
-Starting a tier: every target's contacts of a diallable kind (``sip`` in this first cut) are dialled in
-parallel. A tier with nobody to dial is skipped at once with ``SkipTier`` ("nobody on call" / "no working
-contact") and the next one starts in the same pass. Past the last tier: ``MarkExhausted`` (the runner raises
-it loudly), after waiting for legs still in the IVR for at most ``answered_grace_s`` past the last deadline.
-Nothing is dialled twice for the same (tier, person, contact method).
+Stages (:func:`stages`): the tree is walked as a list of stages. A parallel tier is one stage (every target
+and every contact of a diallable kind at once); a sequential tier is one stage per target, each with the
+tier's ring timeout; a **severe** incident's first stage rings the first ``severe_fanout`` tiers together
+(deduplicated by person, the longest of their ring timeouts); the whole list repeats ``options.repeat``
+times. "Tier" in the rules above means the current stage. A stage with nobody to dial is skipped at once
+with ``SkipTier`` ("nobody on call" / "no working contact") and the next one starts in the same pass. Past
+the last stage: ``MarkExhausted`` (the runner raises it loudly), after waiting for legs still in the IVR for
+at most ``answered_grace_s`` past the last deadline. Nothing is dialled twice for the same (stage, person,
+contact method).
+
+On-site activation: when a **severe** incident starts (rule 3) and the site has one, ``ActivateOnSite``
+comes first, in the same pass as the first stage's dials, so the code team is called at the same time as
+the radiologists and nobody waits for it. Its leg is not a radiologist's leg: it is never in
+``state.legs`` and can never accept.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from escalation.model import (
     OPEN_INCIDENT_STATES,
     RINGING_STATUSES,
     Action,
+    ActivateOnSite,
     CancelLeg,
     Dial,
     EscalationError,
@@ -54,7 +66,9 @@ from escalation.model import (
     MarkAccepted,
     MarkExhausted,
     SkipTier,
+    Stage,
     StartTier,
+    Target,
     Tier,
 )
 
@@ -84,15 +98,20 @@ def decide(
             )
             actions.append(MarkAccepted(winner.person_id, winner.leg_id))
         actions += [
-            CancelLeg(leg.leg_id, "accepted-elsewhere")
+            CancelLeg(leg.leg_id, "cancelled-by-accept")
             for leg in state.legs
-            if leg is not winner and (leg.status in LIVE_STATUSES or leg.status is LegStatus.ACCEPTED)
+            if leg is not winner and (leg.status in RINGING_STATUSES or leg.status is LegStatus.ACCEPTED)
         ]
         return actions
     if state.incident_state not in OPEN_INCIDENT_STATES:
         return [CancelLeg(leg.leg_id, "incident-closed") for leg in state.legs if leg.status in LIVE_STATUSES]
     if state.current_tier is None:
-        return _advance(state, 0, now, now, kinds, min_ring_s, answered_grace_s)
+        onsite = state.options.onsite
+        first: list[Action] = []
+        if state.severe and onsite is not None:
+            log.warning("[incident=%s] severe: on-site emergency activation raised", state.incident_id)
+            first.append(ActivateOnSite(onsite.kind, onsite.address, onsite.message))
+        return first + _advance(state, 0, now, now, kinds, min_ring_s, answered_grace_s)
 
     index = state.current_tier
     assert state.tier_deadline is not None  # checked by EscalationState
@@ -218,11 +237,38 @@ def _answered(state: EscalationState) -> bool:
     return any(leg.status is LegStatus.ANSWERED for leg in state.legs)
 
 
+def stages(state: EscalationState) -> tuple[Stage, ...]:
+    """The tree as the list of stages it is walked in (see the module docstring)."""
+    tiers = state.tiers
+    k = min(state.options.severe_fanout, len(tiers)) if state.severe else 0
+    walk: list[tuple[tuple[int, ...], float, tuple[Target, ...]]] = []
+    if k:
+        seen: set[str] = set()
+        merged: list[Target] = []
+        for tier in tiers[:k]:
+            for target in tier.targets:
+                if target.person_id not in seen:
+                    seen.add(target.person_id)
+                    merged.append(target)
+        walk.append((tuple(range(k)), max(t.ring_timeout_s for t in tiers[:k]), tuple(merged)))
+    for i in range(k, len(tiers)):
+        tier = tiers[i]
+        if tier.parallel or len(tier.targets) <= 1:
+            walk.append(((i,), tier.ring_timeout_s, tier.targets))
+        else:
+            walk.extend(((i,), tier.ring_timeout_s, (target,)) for target in tier.targets)
+    out: list[Stage] = []
+    for attempt in range(state.options.repeat):
+        for covered, timeout, targets in walk:
+            out.append(Stage(len(out), covered, attempt, timeout, targets))
+    return tuple(out)
+
+
 def _is_last(state: EscalationState, index: int, kinds: frozenset[str]) -> bool:
-    return all(_empty_reason(tier, kinds) is not None for tier in state.tiers[index + 1 :])
+    return all(_empty_reason(stage, kinds) is not None for stage in stages(state)[index + 1 :])
 
 
-def _empty_reason(tier: Tier, kinds: frozenset[str]) -> str | None:
+def _empty_reason(tier: Tier | Stage, kinds: frozenset[str]) -> str | None:
     if not tier.targets:
         return "nobody on call"
     if not any(c.kind in kinds for t in tier.targets for c in t.contacts):
@@ -231,8 +277,9 @@ def _empty_reason(tier: Tier, kinds: frozenset[str]) -> str | None:
 
 
 def _dials(state: EscalationState, index: int, kinds: frozenset[str]) -> Iterator[Dial]:
-    """The dials tier ``index`` calls for that have no leg yet."""
-    tier = state.tiers[index]
+    """The dials stage ``index`` calls for that have no leg yet."""
+    tier = stages(state)[index]
+    position = state.tiers[tier.position].position
     done = {(leg.tier, leg.person_id, leg.contact_method_id) for leg in state.legs}
     for target in tier.targets:
         for contact in target.contacts:
@@ -246,6 +293,8 @@ def _dials(state: EscalationState, index: int, kinds: frozenset[str]) -> Iterato
                     contact.kind,
                     contact.address,
                     tier.ring_timeout_s,
+                    position=position,
+                    attempt=tier.attempt,
                 )
 
 
@@ -258,14 +307,20 @@ def _advance(
     min_ring_s: float,
     answered_grace_s: float,
 ) -> list[Action]:
-    """Start the first tier from ``index`` on that has someone to dial, skipping empty ones; else exhaust."""
+    """Start the first stage from ``index`` on that has someone to dial, skipping empty ones; else exhaust."""
     actions: list[Action] = []
-    for i in range(index, len(state.tiers)):
-        tier = state.tiers[i]
+    plan = stages(state)
+    for i in range(index, len(plan)):
+        tier = plan[i]
         reason = _empty_reason(tier, kinds)
         if reason is not None:
             log.warning(
-                "[incident=%s] tier %d (position %d) skipped: %s", state.incident_id, i, tier.position, reason
+                "[incident=%s] stage %d (tier %s, attempt %d) skipped: %s",
+                state.incident_id,
+                i,
+                [state.tiers[t].position for t in tier.tiers],
+                tier.attempt,
+                reason,
             )
             actions.append(SkipTier(i, reason))
             continue
@@ -279,7 +334,10 @@ def _advance(
     if _answered(state) and last is not None and now < last + dt.timedelta(seconds=answered_grace_s):
         return []  # someone is still in the IVR: let them finish before declaring exhaustion (skips later)
     tried = len({leg.person_id for leg in state.legs})
-    reason = f"nobody accepted: {len(state.tiers)} tier(s), {tried} person(s) tried"
+    reason = (
+        f"nobody accepted: {len(state.tiers)} tier(s) x {state.options.repeat} walk(s), "
+        f"{tried} person(s) tried"
+    )
     if not state.legs:
         reason = f"nobody to page: all {len(state.tiers)} tier(s) empty"
     log.error("[incident=%s] EXHAUSTED: %s", state.incident_id, reason)

@@ -25,6 +25,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if os.environ.get("COMMS_NO_SKIPS") == "1" and _skipped:
-        terminalreporter.write_line(f"COMMS_NO_SKIPS=1: {len(_skipped)} skipped test(s) fail the run:", red=True)
+        terminalreporter.write_line(
+            f"COMMS_NO_SKIPS=1: {len(_skipped)} skipped test(s) fail the run:", red=True
+        )
         for line in _skipped:
             terminalreporter.write_line(f"  {line}", red=True)

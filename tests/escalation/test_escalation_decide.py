@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,7 @@ from escalation.model import (
     LegStatus,
     MarkAccepted,
     MarkExhausted,
+    PolicyOptions,
     SkipTier,
     StartTier,
     Target,
@@ -98,7 +100,7 @@ def test_accepted_leg_marks_accepted_and_cancels_every_other_live_leg() -> None:
     state = set_leg_status(state, "leg-2", LegStatus.ACCEPTED)
     state = set_leg_status(state, "leg-3", LegStatus.DECLINED)
     actions = decide(state, s(10))
-    assert actions == [MarkAccepted("b", "leg-2"), CancelLeg("leg-1", "accepted-elsewhere")]
+    assert actions == [MarkAccepted("b", "leg-2"), CancelLeg("leg-1", "cancelled-by-accept")]
     state = apply_actions(state, actions, ids)
     assert state.accepted_by == "b"
     assert state.incident_state is IncidentState.ACCEPTED
@@ -112,7 +114,7 @@ def test_accept_arriving_after_the_deadline_but_before_the_tick_wins() -> None:
     state, _ = step(ladder((person("a"), person("b")), (person("c"),)), s(0), ids)
     state = set_leg_status(state, "leg-1", LegStatus.ACCEPTED)  # pressed 1 at 30.2 s; the tick runs at 30.5 s
     actions = decide(state, s(30.5))
-    assert actions == [MarkAccepted("a", "leg-1"), CancelLeg("leg-2", "accepted-elsewhere")]
+    assert actions == [MarkAccepted("a", "leg-1"), CancelLeg("leg-2", "cancelled-by-accept")]
     assert not any(
         isinstance(a, StartTier | Dial | CancelLeg) and getattr(a, "reason", "") == "tier-timeout"
         for a in actions
@@ -124,7 +126,7 @@ def test_two_accepts_first_in_event_order_wins_the_other_is_cancelled() -> None:
     state, _ = step(ladder((person("a"), person("b"))), s(0), ids)
     state = set_leg_status(state, "leg-2", LegStatus.ACCEPTED)
     state = set_leg_status(state, "leg-1", LegStatus.ACCEPTED)
-    assert decide(state, s(5)) == [MarkAccepted("a", "leg-1"), CancelLeg("leg-2", "accepted-elsewhere")]
+    assert decide(state, s(5)) == [MarkAccepted("a", "leg-1"), CancelLeg("leg-2", "cancelled-by-accept")]
 
 
 def test_every_leg_says_no_moves_on_at_once_starting_now() -> None:
@@ -171,7 +173,7 @@ def test_answered_leg_in_the_ivr_is_not_hung_up_by_a_tier_timeout() -> None:
     assert state.current_tier == 1
     # a now presses 1 during tier 1: accept wins across tiers, c's ringing leg is cancelled
     state = set_leg_status(state, "leg-1", LegStatus.ACCEPTED)
-    assert decide(state, s(40)) == [MarkAccepted("a", "leg-1"), CancelLeg("leg-3", "accepted-elsewhere")]
+    assert decide(state, s(40)) == [MarkAccepted("a", "leg-1"), CancelLeg("leg-3", "cancelled-by-accept")]
 
 
 def test_empty_tiers_are_skipped_at_once_with_a_reason() -> None:
@@ -192,7 +194,7 @@ def test_last_tier_failing_exhausts_loudly() -> None:
     actions = decide(state, s(3))
     assert actions == [
         SkipTier(1, "nobody on call"),
-        MarkExhausted("nobody accepted: 2 tier(s), 1 person(s) tried"),
+        MarkExhausted("nobody accepted: 2 tier(s) x 1 walk(s), 1 person(s) tried"),
     ]
     state = apply_actions(state, actions, ids)
     assert state.incident_state is IncidentState.EXHAUSTED
@@ -218,7 +220,7 @@ def test_exhaustion_waits_for_a_leg_still_in_the_ivr_within_the_grace() -> None:
     assert decide(state, s(60)) == []
     assert decide(state, s(90)) == [
         CancelLeg("leg-1", "tier-timeout"),
-        MarkExhausted("nobody accepted: 1 tier(s), 2 person(s) tried"),
+        MarkExhausted("nobody accepted: 1 tier(s) x 1 walk(s), 2 person(s) tried"),
     ]
 
 
@@ -239,7 +241,7 @@ def test_closed_incident_cancels_live_legs_and_dials_nothing() -> None:
 def test_bad_state_is_refused_with_names() -> None:
     with pytest.raises(EscalationError, match="strictly increase"):
         EscalationState("i", IncidentState.RAISED, (Tier(2, 30, ()), Tier(1, 30, ())))
-    with pytest.raises(EscalationError, match="current_tier 3 is not an index of 1 tiers"):
+    with pytest.raises(EscalationError, match="current stage 3 is not an index of 1 stages"):
         EscalationState(
             "i",
             IncidentState.PAGING,
@@ -281,13 +283,18 @@ TARGETS = st.lists(
 def scenarios(draw: st.DrawFn) -> tuple[EscalationState, list[tuple[float, int, LegStatus]]]:
     tiers = draw(st.lists(TARGETS, min_size=1, max_size=4))
     timeout = draw(st.sampled_from([15.0, 30.0]))
+    parallel = draw(st.lists(st.booleans(), min_size=len(tiers), max_size=len(tiers)))
+    options = PolicyOptions(repeat=draw(st.integers(1, 3)), severe_fanout=draw(st.integers(0, 3)))
+    severe = draw(st.booleans())
     events = draw(
         st.lists(
             st.tuples(st.floats(0.0, 20.0), st.integers(0, 20), st.sampled_from(OUTCOMES)),
             max_size=40,
         )
     )
-    return ladder(*(tuple(t) for t in tiers), timeout=timeout), events
+    state = ladder(*(tuple(t) for t in tiers), timeout=timeout)
+    tiers_ = tuple(replace(t, parallel=p) for t, p in zip(state.tiers, parallel, strict=True))
+    return replace(state, tiers=tiers_, options=options, severe=severe), events
 
 
 @settings(max_examples=400, deadline=None)
@@ -330,7 +337,7 @@ def test_any_sequence_of_leg_outcomes_ends_accepted_or_exhausted(
             state = set_leg_status(state, leg.leg_id, status)
         state = run(state, now, n)
     # then time passes with no news: the ladder must finish on its own
-    for _ in range(3 * len(state.tiers) + 5):
+    for _ in range(3 * state.stage_count() + 5):
         deadline = next_deadline(state, now)
         if deadline is None:
             break
@@ -340,6 +347,7 @@ def test_any_sequence_of_leg_outcomes_ends_accepted_or_exhausted(
     assert next_deadline(state, now) is None
     if state.incident_state is IncidentState.ACCEPTED:
         assert state.accepted_by is not None
-    assert not any(leg.status in LIVE_STATUSES for leg in state.legs if leg.person_id != state.accepted_by), (
-        "a live leg left behind"
-    )
+    left = [leg for leg in state.legs if leg.person_id != state.accepted_by and leg.status in LIVE_STATUSES]
+    if state.incident_state is IncidentState.ACCEPTED:  # answered legs finish their IVR (told who accepted)
+        left = [leg for leg in left if leg.status is not LegStatus.ANSWERED]
+    assert not left, "a ringing leg left behind"
