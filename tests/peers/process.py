@@ -43,6 +43,7 @@ class PeerProcess:
             stderr=asyncio.subprocess.STDOUT,
             cwd=self.cwd,
             env={**os.environ, "TERM": "dumb"},
+            start_new_session=True,  # its own process group: forked children (Kamailio's) are stopped too
         )
         self._reader = asyncio.create_task(self._read())
 
@@ -90,14 +91,16 @@ class PeerProcess:
             return None
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
                 log.warning("%s (pid %s) ignored SIGTERM for %.1f s: killing it", self.name, proc.pid, grace)
                 with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # children that outlived the leader hold our pipe open
+            os.killpg(proc.pid, signal.SIGKILL)
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader

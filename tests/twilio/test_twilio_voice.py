@@ -158,7 +158,7 @@ async def test_an_answered_loser_hears_who_accepted(
     assert next(e for e in kim if e.kind == "leg.bye_sent").data["reason"] == "already-accepted"
     assert next(e for e in kim if e.kind == "leg.ended").data["cause"] == "normal"
     call = twilio_node.fake.calls[legs[KIM].external_ref or ""]
-    assert call.spoken[-1] == "Doctor Dr Lee has already accepted. Thank you."
+    assert call.spoken[-1] == "Doctor Lee has already accepted. Thank you."
 
 
 async def test_accept_on_the_phone_with_a_pin(twilio_node: TwilioNode, phones: dict[str, Phone]) -> None:
