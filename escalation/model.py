@@ -34,8 +34,15 @@ class IncidentState(StrEnum):
     EXHAUSTED = "exhausted"
     CANCELLED = "cancelled"
 
+    @property
+    def is_open(self) -> bool:
+        """Not yet resolved, exhausted or cancelled."""
+        return self not in (IncidentState.RESOLVED, IncidentState.EXHAUSTED, IncidentState.CANCELLED)
+
 
 class LegStatus(StrEnum):
+    """A leg's status, derived from its events by :func:`comms.db.events.leg_status` (never stored)."""
+
     CREATED = "created"
     DIALING = "dialing"
     TRYING = "trying"
@@ -48,6 +55,11 @@ class LegStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     ENDED = "ended"
+
+    @property
+    def is_final(self) -> bool:
+        """Over: declined, busy, no answer, failed, cancelled or ended."""
+        return self in FAILED_STATUSES
 
 
 RINGING_STATUSES = frozenset({LegStatus.CREATED, LegStatus.DIALING, LegStatus.TRYING, LegStatus.RINGING})

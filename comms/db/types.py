@@ -17,6 +17,10 @@ from sqlalchemy.types import TypeDecorator
 
 from comms.clock import UTC, to_ms
 
+# One definition of the domain states, in the pure escalation model; the store uses the same enums.
+from escalation.model import IncidentState as IncidentState
+from escalation.model import LegStatus as LegStatus
+
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Aware UTC with millisecond precision on SQLite and PostgreSQL alike."""
@@ -77,25 +81,6 @@ class Severity(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-class IncidentState(enum.StrEnum):
-    RAISED = "raised"
-    PAGING = "paging"
-    ACCEPTED = "accepted"
-    CONNECTED = "connected"
-    RESOLVED = "resolved"
-    EXHAUSTED = "exhausted"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_open(self) -> bool:
-        return self in _OPEN_STATES
-
-
-_OPEN_STATES = frozenset(
-    {IncidentState.RAISED, IncidentState.PAGING, IncidentState.ACCEPTED, IncidentState.CONNECTED}
-)
-
-
 class Channel(enum.StrEnum):
     """How a leg reaches (or came from) a person."""
 
@@ -111,39 +96,6 @@ class Channel(enum.StrEnum):
 class Direction(enum.StrEnum):
     OUTBOUND = "outbound"
     INBOUND = "inbound"
-
-
-class LegStatus(enum.StrEnum):
-    """A leg's status, derived from its events by :func:`comms.db.events.leg_status` (never stored)."""
-
-    CREATED = "created"
-    DIALING = "dialing"
-    TRYING = "trying"
-    RINGING = "ringing"
-    ANSWERED = "answered"
-    ACCEPTED = "accepted"
-    DECLINED = "declined"
-    BUSY = "busy"
-    NO_ANSWER = "no_answer"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    ENDED = "ended"
-
-    @property
-    def is_final(self) -> bool:
-        return self in _FINAL_LEG
-
-
-_FINAL_LEG = frozenset(
-    {
-        LegStatus.DECLINED,
-        LegStatus.BUSY,
-        LegStatus.NO_ANSWER,
-        LegStatus.FAILED,
-        LegStatus.CANCELLED,
-        LegStatus.ENDED,
-    }
-)
 
 
 def enum_column(enum_cls: type[enum.StrEnum], name: str) -> sa.Enum:
