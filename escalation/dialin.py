@@ -46,7 +46,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from comms.clock import Clock, TimerHandle
+from comms.clock import Clock
 from comms.db.events import append_event, format_at
 from comms.db.models import CallLeg, Event, Incident, Room
 from comms.db.types import Channel as ChannelKind
@@ -69,7 +69,8 @@ from ivr.dialin import (
     speakable_number,
     spoken_name,
 )
-from ivr.machine import CheckDigits, Finish, MenuMachine, PlayPrompt, StopPrompt
+from ivr.driver import run_menu
+from ivr.machine import Finish, MenuMachine
 from ivr.menu import Outcome, speakable_room
 from ivr.prompts import PromptError, PromptRenderer
 from media.errors import MediaError
@@ -353,67 +354,34 @@ class DialIn:
             retries=st.retries,
         )
         machine = MenuMachine(menu, {"room": speakable_room(s.room or "")})
-        timer: TimerHandle | None = None
         inputs = s.inputs
 
         async def speak(text: str, play_id: int) -> None:
             await self._play(s, text)
             inputs.put_nowait(("prompt_done", play_id))
 
-        actions = machine.start(self._clock.monotonic())
-        try:
-            while True:
-                for action in actions:
-                    match action:
-                        case PlayPrompt(text=text, play_id=play_id):
-                            await self._stop_prompt(s)
-                            s.prompt = asyncio.get_running_loop().create_task(speak(text, play_id))
-                        case StopPrompt():
-                            await self._stop_prompt(s)
-                        case CheckDigits(digits=digits):
-                            room = plan.lookup(digits)
-                            if room is not None:
-                                s.room = room
-                                machine.variables["room"] = speakable_room(room)
-                                await self._fact(
-                                    s,
-                                    "dialin.room_identified",
-                                    {"room": room, "by": "keyed_code", "digits": digits},
-                                )
-                            else:
-                                await self._fact(s, "dialin.room_unknown", {"digits": digits})
-                            inputs.put_nowait(("room", room is not None))
-                        case Finish():
-                            if action.outcome is Outcome.HUNG_UP:
-                                return None
-                            return action
-                if timer is not None:
-                    timer.cancel()
-                    timer = None
-                deadline = machine.next_deadline()
-                if deadline is not None:
-                    timer = self._clock.call_later(
-                        deadline - self._clock.monotonic(), lambda: inputs.put_nowait(("timer",))
-                    )
-                item = await inputs.get()
-                now = self._clock.monotonic()
-                match item:
-                    case ("digit", digit, method):
-                        actions = machine.press_digit(digit, method, now)
-                    case ("prompt_done", play_id):
-                        actions = machine.prompt_finished(now, play_id)
-                    case ("timer",):
-                        actions = machine.timer(now)
-                    case ("room", ok):
-                        actions = machine.pin_checked(ok, now)
-                    case ("hangup",):
-                        actions = machine.hangup(now)
-                    case _:
-                        actions = []
-        finally:
-            if timer is not None:
-                timer.cancel()
+        def start_prompt(text: str, play_id: int) -> None:
+            s.prompt = asyncio.get_running_loop().create_task(speak(text, play_id))
+
+        async def stop_prompt() -> None:
             await self._stop_prompt(s)
+
+        async def check(digits: str) -> bool:
+            room = plan.lookup(digits)
+            if room is None:
+                await self._fact(s, "dialin.room_unknown", {"digits": digits})
+                return False
+            s.room = room
+            machine.variables["room"] = speakable_room(room)
+            await self._fact(
+                s, "dialin.room_identified", {"room": room, "by": "keyed_code", "digits": digits}
+            )
+            return True
+
+        finish = await run_menu(
+            machine, self._clock, inputs, start_prompt=start_prompt, stop_prompt=stop_prompt, check=check
+        )
+        return None if finish.outcome is Outcome.HUNG_UP else finish
 
     # --------------------------------------------------------------------------------------------- hold
 

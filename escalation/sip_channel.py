@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from comms.clock import Clock, TimerHandle
+from comms.clock import Clock
 from escalation.channel import LegOrder, LegReporter
-from ivr.machine import CheckDigits, Finish, MenuMachine, PlayPrompt, StopPrompt
+from ivr.driver import run_menu
+from ivr.machine import Finish, MenuMachine
 from ivr.menu import Outcome, alert_menu, alert_variables, message_text, speakable_room
 from ivr.prompts import PromptError, PromptRenderer
 from media.errors import MediaError
@@ -188,62 +189,27 @@ class SipChannel:
             severity=order.severity, room=order.room_code, site=order.site_name, code=order.incident_code
         )
         machine = MenuMachine(self._pin_menu if order.require_pin else self._menu, variables)
-        play: asyncio.Task[None] | None = None
-        timer: TimerHandle | None = None
         inputs = live.inputs
+        playing: list[asyncio.Task[None]] = []
 
         async def speak(text: str, play_id: int) -> None:
             path = await self._prompts.render(text)
             await call.play(path)
             inputs.put_nowait(("prompt_done", play_id))
 
-        actions = machine.start(self._clock.monotonic())
-        finish: Finish | None = None
-        try:
-            while finish is None:
-                for action in actions:
-                    match action:
-                        case PlayPrompt(text=text, play_id=play_id):
-                            if play is not None:
-                                play.cancel()
-                            play = asyncio.get_running_loop().create_task(speak(text, play_id))
-                        case StopPrompt():
-                            if play is not None:
-                                play.cancel()
-                                play = None
-                        case CheckDigits(digits=digits):
-                            inputs.put_nowait(("pin", await reporter.check_pin(order.leg_id, digits)))
-                        case Finish():
-                            finish = action
-                if finish is not None:
-                    break
-                if timer is not None:
-                    timer.cancel()
-                deadline = machine.next_deadline()
-                if deadline is not None:
-                    timer = self._clock.call_later(
-                        deadline - self._clock.monotonic(), lambda: inputs.put_nowait(("timer",))
-                    )
-                item = await inputs.get()
-                now = self._clock.monotonic()
-                match item:
-                    case ("digit", digit, method):
-                        actions = machine.press_digit(digit, method, now)
-                    case ("prompt_done", play_id):
-                        actions = machine.prompt_finished(now, play_id)
-                    case ("timer",):
-                        actions = machine.timer(now)
-                    case ("pin", ok):
-                        actions = machine.pin_checked(ok, now)
-                    case ("hangup",):
-                        actions = machine.hangup(now)
-                    case _:
-                        actions = []
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if play is not None:
-                play.cancel()
+        def start_prompt(text: str, play_id: int) -> None:
+            playing.append(asyncio.get_running_loop().create_task(speak(text, play_id)))
+
+        async def stop_prompt() -> None:
+            while playing:
+                playing.pop().cancel()
+
+        async def check(digits: str) -> bool:
+            return await reporter.check_pin(order.leg_id, digits)
+
+        finish = await run_menu(
+            machine, self._clock, inputs, start_prompt=start_prompt, stop_prompt=stop_prompt, check=check
+        )
         await self._finish(order, call, reporter, live, finish)
 
     async def _finish(
