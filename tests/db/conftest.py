@@ -1,40 +1,5 @@
-"""Fixtures for database tests: every test that takes ``db_url`` runs on SQLite and on PostgreSQL."""
+"""Every test here that takes ``db_url`` (or ``sessions``) runs on SQLite and on a test-owned PostgreSQL."""
 
-from __future__ import annotations
+from tests.db_fixtures import backend, clock, db_url, engine, sessions
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-from comms.clock import FakeClock
-from comms.db.engine import create_engine, session_factory
-from tests.pg import migrated_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-async def db_url(backend: str, tmp_path: Path) -> str:
-    return await migrated_database(backend, tmp_path)
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(db_url)
-    yield eng
-    await eng.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return session_factory(engine)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+__all__ = ["backend", "clock", "db_url", "engine", "sessions"]

@@ -8,9 +8,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from comms.clock import SystemClock
-from sip.ua import Call, CallEvent, UaConfig, UserAgent
-from tests.peers.fixtures import baresip, kamailio, sipp, softphone, tls_cert
+from sip.ua import Call, CallEvent, UserAgent
+from tests.peers.fixtures import UaFactory, baresip, kamailio, make_ua, sipp, softphone, tls_cert
 
 __all__ = [
     "Inbox",
@@ -27,22 +26,6 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=CallEvent)
-UaFactory = Callable[..., Awaitable[UserAgent]]
-
-
-@pytest.fixture
-async def make_ua() -> AsyncIterator[UaFactory]:
-    """``await make_ua(**UaConfig fields)``: a started UserAgent, closed after the test."""
-    started: list[UserAgent] = []
-
-    async def factory(**config: Any) -> UserAgent:
-        agent = await UserAgent.start(SystemClock(), UaConfig(**config))
-        started.append(agent)
-        return agent
-
-    yield factory
-    for agent in started:
-        await agent.close()
 
 
 @pytest.fixture

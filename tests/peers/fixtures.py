@@ -6,11 +6,14 @@ Each factory fixture starts programs on demand and stops every one it started wh
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from comms.clock import SystemClock
+from sip.ua import UaConfig, UserAgent
 
 from .baresip import Baresip
 from .kamailio import Kamailio
@@ -91,3 +94,21 @@ def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> LoopbackCert:
     """A self-signed certificate for 127.0.0.1 (it is its own CA)."""
     require_program("openssl")
     return make_cert(tmp_path_factory.mktemp("tls"))
+
+
+UaFactory = Callable[..., Awaitable[UserAgent]]
+
+
+@pytest.fixture
+async def make_ua() -> AsyncIterator[UaFactory]:
+    """``await make_ua(**UaConfig fields)``: a started UserAgent on loopback, closed after the test."""
+    started: list[UserAgent] = []
+
+    async def factory(**config: Any) -> UserAgent:
+        agent = await UserAgent.start(SystemClock(), UaConfig(**config))
+        started.append(agent)
+        return agent
+
+    yield factory
+    for agent in started:
+        await agent.close()

@@ -6,10 +6,9 @@ import asyncio
 import datetime as dt
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -17,25 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from comms.clock import SystemClock
-from sip.ua import Call, CallEvent, UaConfig, UserAgent
+from sip.ua import Call, CallEvent, UserAgent
+from tests.peers.fixtures import UaFactory, make_ua
 
-UaFactory = Callable[..., Awaitable[UserAgent]]
-
-
-@pytest.fixture
-async def make_ua() -> AsyncIterator[UaFactory]:
-    """Start UserAgents on loopback (``make_ua(**UaConfig fields)``); all are closed after the test."""
-    started: list[UserAgent] = []
-
-    async def factory(**kwargs: Any) -> UserAgent:
-        ua = await UserAgent.start(SystemClock(), UaConfig(**kwargs))
-        started.append(ua)
-        return ua
-
-    yield factory
-    for ua in started:
-        await ua.close()
+__all__ = ["make_ua"]  # the shared fixture, used by the tests below
 
 
 @pytest.fixture
