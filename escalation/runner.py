@@ -73,12 +73,12 @@ from comms.db.models import (
 )
 from comms.db.types import Channel as ChannelKind
 from comms.db.types import Direction, Severity
-from comms.db.types import IncidentState as DbIncidentState
 from comms.errors import ValidationError
 from comms.ids import new_id, short_code
 from escalation.channel import AcceptResult, AnnounceOrder, Announcer, Channel, LegOrder
 from escalation.decide import apply_actions, decide, next_deadline
 from escalation.model import (
+    OPEN_INCIDENT_STATES,
     ActivateOnSite,
     CancelLeg,
     Contact,
@@ -86,7 +86,6 @@ from escalation.model import (
     EscalationState,
     IncidentState,
     Leg,
-    LegStatus,
     MarkAccepted,
     MarkExhausted,
     OnSite,
@@ -100,7 +99,7 @@ from escalation.oncall import RotationSpec, who_is_on_call
 
 log = logging.getLogger(__name__)
 
-OPEN_STATES = (DbIncidentState.RAISED, DbIncidentState.PAGING)
+OPEN_STATES = tuple(OPEN_INCIDENT_STATES)
 FINAL_LEG_KINDS = frozenset({"leg.declined", "leg.ended", "leg.failed"})
 ONSITE_MESSAGE = (
     "Medical emergency. Severe contrast reaction in room {room}, {site}. Code team, respond now. "
@@ -273,7 +272,7 @@ class EscalationRunner:
                 site_id=room.site_id,
                 room_id=room.id,
                 severity=sev,
-                state=DbIncidentState.RAISED,
+                state=IncidentState.RAISED,
                 policy_snapshot=snapshot,
                 raised_at=now,
                 tier_deadline=now,
@@ -412,7 +411,7 @@ class EscalationRunner:
             for action in actions:
                 match action:
                     case StartTier(tier=tier, started_at=started, deadline=deadline):
-                        incident.state = DbIncidentState.PAGING
+                        incident.state = IncidentState.PAGING
                         incident.current_tier = tier
                         incident.tier_started_at = started
                         await self._event(
@@ -440,7 +439,7 @@ class EscalationRunner:
                             rows.append(row)
                     case MarkAccepted(person_id=person_id, leg_id=leg_id):
                         if incident.state in OPEN_STATES:  # normally try_accept already did this
-                            incident.state = DbIncidentState.ACCEPTED
+                            incident.state = IncidentState.ACCEPTED
                             incident.accepted_by_id = person_id
                             incident.accepted_leg_id = leg_id
                             incident.accepted_at = now
@@ -448,7 +447,7 @@ class EscalationRunner:
                                 s, incident, "incident.accepted", {"person_id": person_id, "leg_id": leg_id}
                             )
                     case MarkExhausted(reason=reason):
-                        incident.state = DbIncidentState.EXHAUSTED
+                        incident.state = IncidentState.EXHAUSTED
                         incident.ended_at = now
                         log.error(
                             "[incident=%s] EXHAUSTED: nobody accepted (%s); room %s must activate the code team",
@@ -785,7 +784,7 @@ class EscalationRunner:
                 leg.tier if leg.tier is not None else -1,
                 leg.person_id or "",
                 leg.contact_method_id or "",
-                LegStatus(leg_status(by_leg.get(leg.id, [])).value),
+                leg_status(by_leg.get(leg.id, [])),
             )
             for leg in legs
             if leg.person_id is not None
@@ -804,7 +803,7 @@ class EscalationRunner:
         # legs are listed in event order so the first accept in the log wins
         state = EscalationState(
             incident_id=incident.id,
-            incident_state=IncidentState(incident.state.value),
+            incident_state=incident.state,
             tiers=tiers,
             current_tier=incident.current_tier,
             tier_started_at=incident.tier_started_at,
@@ -989,7 +988,7 @@ class EscalationRunner:
                 sa.update(Incident)
                 .where(Incident.id == leg.incident_id, Incident.state.in_(OPEN_STATES))
                 .values(
-                    state=DbIncidentState.ACCEPTED,
+                    state=IncidentState.ACCEPTED,
                     accepted_by_id=leg.person_id,
                     accepted_leg_id=leg.id,
                     accepted_at=now,
