@@ -212,6 +212,8 @@ class CommsApp:
             await self._twilio_web.cleanup()
         if self.watchdog is not None:
             await self.watchdog.stop()
+        if self.dialin is not None:
+            await self.dialin.close()
         if self.runner is not None:
             await self.runner.stop()
         if self._ops is not None:

@@ -185,6 +185,7 @@ class DialIn:
         self.settings = settings or DialInSettings()
         self._node = node_id
         self._waiting: dict[str, _Session] = {}
+        self._active: set[asyncio.Task[Any]] = set()
         self._fallback = speakable_number(self.settings.fallback_number)
         self._menu = dialin_menu(room_known=False)
 
@@ -205,6 +206,10 @@ class DialIn:
             log.info("inbound call to %s is not for the dial-in: 404", mask(str(call.request_uri)))
             await call.reject(404, "Not Found")
             return
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+            task.add_done_callback(self._active.discard)
         s = _Session(call, _Log(log, {"incident": None, "leg": None}))
         reader = asyncio.get_running_loop().create_task(self._read_events(s))
         try:
@@ -232,6 +237,14 @@ class DialIn:
             if s.incident_id is None and s.refusal is not None:
                 # after the hang-up, so the event carries every step, BYE and end included
                 await self._flush_refused(s, s.refusal[0], **s.refusal[1])
+
+    async def close(self) -> None:
+        """Stop every dial-in call in progress and wait for its evidence to be written (before the store
+        closes)."""
+        for task in list(self._active):
+            task.cancel()
+        if self._active:
+            await asyncio.gather(*self._active, return_exceptions=True)
 
     async def on_accepted(self, order: LegOrder, call: Call) -> bool:
         """``SipChannel``'s ``AcceptedCallHandler``: take the radiologist's call when a technologist is waiting."""
