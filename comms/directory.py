@@ -4,11 +4,13 @@ Theory of operation
 -------------------
 1. :func:`validate_directory` parses and checks the whole file without touching the database and returns a
    frozen :class:`Directory` plus *every* :class:`Problem` found (file, line, key path, reason): TOML syntax,
-   unknown keys (with "did you mean"), types, field rules (time zone, state, NPI, E.164, SIP URI, ring timeout),
-   duplicates and cross references (a room's site, a rotation's members, a policy's targets).
+   unknown keys (with "did you mean"), types, field rules (time zone, state, NPI, E.164, SIP URI, pager
+   address, ring timeout, group pick and size), duplicates and cross references (a room's site, a rotation's
+   or group's members, a policy's targets: a person, the site's rotation tier, the site's group).
 2. :func:`import_directory` refuses a file with problems (:class:`DirectoryError`, nothing written). Otherwise it
    applies the file in **one transaction**: rows are matched by their natural keys (site code, room code,
-   username, (person, kind, address), (site, rotation name), (site, policy name)); changed values are updated;
+   username, (person, kind, address), (site, rotation name), (site, group name), (site, policy name)); changed
+   values are updated;
    rows missing from the file are deactivated, never deleted; a policy whose tiers change gets a new version
    (the old one is deactivated, incidents keep the snapshot they froze). Every change is one ``directory.*``
    event on the global evidence chain, in the same transaction. A second run of the same file changes nothing.
@@ -45,13 +47,15 @@ from comms.db.models import (
     ContactMethod,
     EscalationPolicy,
     Person,
+    PersonGroup,
+    PersonGroupMember,
     PolicyTier,
     Room,
     Rotation,
     RotationMember,
     Site,
 )
-from comms.db.types import ContactKind, Role, TierName
+from comms.db.types import ContactKind, GroupPick, Role, TierName
 from comms.errors import ValidationError
 
 T = TypeVar("T")
@@ -115,6 +119,17 @@ class RotationEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupEntry:
+    """A group (pool) of people at a site; a policy tier pages it with the target ``group:<name>``."""
+
+    site: str
+    name: str
+    members: tuple[str, ...]
+    pick: GroupPick = GroupPick.ALL
+    size: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
 class TierEntry:
     ring_timeout_s: int
     targets: tuple[str, ...]
@@ -137,6 +152,7 @@ class Directory:
     people: tuple[PersonEntry, ...] = ()
     rotations: tuple[RotationEntry, ...] = ()
     policies: tuple[PolicyEntry, ...] = ()
+    groups: tuple[GroupEntry, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +293,12 @@ class _Checker:
         self.filename = filename
         self.locator = _Locator(text)
         self.problems: list[Problem] = []
-        self.declared: dict[str, set[Any]] = {"site": set(), "person": set(), "rotation tier": set()}
+        self.declared: dict[str, set[Any]] = {
+            "site": set(),
+            "person": set(),
+            "rotation tier": set(),
+            "group": set(),
+        }
 
     def declare(self, what: str, value: Any) -> None:
         """Note a name the file declares, even when its entry is refused (references to it are then not
@@ -440,7 +461,7 @@ def _nonneg(value: int) -> int:
     return value
 
 
-_SECTIONS = ("site", "room", "person", "rotation", "policy")
+_SECTIONS = ("site", "room", "person", "rotation", "group", "policy")
 
 
 def validate_directory(text: str, filename: str) -> tuple[Directory, list[Problem]]:
@@ -467,13 +488,15 @@ def validate_directory(text: str, filename: str) -> tuple[Directory, list[Proble
     people = _people(c, items("person"))
     rooms = _rooms(c, items("room"), sites)
     rotations = _rotations(c, items("rotation"), sites, people)
-    policies = _policies(c, items("policy"), sites, people, rotations)
+    groups = _groups(c, items("group"), sites, people)
+    policies = _policies(c, items("policy"), sites, people, rotations, groups)
     directory = Directory(
         sites=tuple(sites.values()),
         rooms=tuple(rooms),
         people=tuple(people.values()),
         rotations=tuple(rotations),
         policies=tuple(policies),
+        groups=tuple(groups),
     )
     return directory, sorted(c.problems, key=lambda p: (p.line or 0, p.path))
 
@@ -663,17 +686,64 @@ def _members(
     return tuple(members) if ok else _INVALID
 
 
+def _groups(
+    c: _Checker,
+    rows: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    sites: dict[str, SiteEntry],
+    people: dict[str, PersonEntry],
+) -> list[GroupEntry]:
+    out: list[GroupEntry] = []
+    keys: set[tuple[str, str]] = set()
+    for path, raw in rows:
+        body = c.table(raw, path, ("site", "name", "members"), ("pick", "size"))
+        if body is None:
+            continue
+        if isinstance(body.get("site"), str) and isinstance(body.get("name"), str):
+            c.declare("group", (body["site"], body["name"]))
+        site = c.field(body, path, "site", str)
+        name = c.field(body, path, "name", str, v.group_name)
+        pick = c.field(body, path, "pick", str, _enum(GroupPick), default=GroupPick.ALL)
+        size = c.field(body, path, "size", int, v.group_size, default=1)
+        members = c.field(body, path, "members", list)
+        site = c.ref((*path, "site"), "site", site, sites)
+        listed = len(members) if isinstance(members, list) else None
+        if isinstance(members, list):
+            members = _members(c, (*path, "members"), members, people)
+        if pick is GroupPick.ALL and "size" in body:
+            c.problem(
+                (*path, "size"),
+                'size applies to pick = "least_recent" only: expected no size with pick = "all" '
+                "(which pages every member)",
+            )
+            size = _INVALID
+        elif isinstance(size, int) and listed and size > listed:
+            c.problem((*path, "size"), f"{size} is more than the {listed} member(s): expected 1-{listed}")
+            size = _INVALID
+        if isinstance(site, str) and isinstance(name, str):
+            if (site, name) in keys:
+                c.problem(
+                    (*path, "name"), f"group {name!r} appears twice at site {site!r}: expected unique names"
+                )
+                continue
+            keys.add((site, name))
+        if _complete(site, name, pick, size, members):
+            out.append(GroupEntry(site, name, members, pick, size))
+    return out
+
+
 def _policies(
     c: _Checker,
     rows: list[tuple[tuple[Any, ...], dict[str, Any]]],
     sites: dict[str, SiteEntry],
     people: dict[str, PersonEntry],
     rotations: list[RotationEntry],
+    groups: list[GroupEntry],
 ) -> list[PolicyEntry]:
     out: list[PolicyEntry] = []
     per_site: dict[str, str] = {}
     rotation_tiers = {(r.site, r.tier.value) for r in rotations}
     rotation_tiers_declared = c.declared["rotation tier"]
+    group_keys = {(g.site, g.name) for g in groups}
     for path, raw in rows:
         body = c.table(raw, path, ("site", "name", "tier"), ("repeat", "severe_fanout"))
         if body is None:
@@ -717,6 +787,19 @@ def _policies(
                             c.problem(
                                 (*tpath, "targets"),
                                 f"target {target!r}: site {raw_site!r} has no {ref} rotation",
+                            )
+                        targets = _INVALID
+                    elif kind == "group" and (raw_site, ref) not in group_keys:
+                        if (raw_site, ref) not in c.declared["group"]:
+                            names = sorted(str(n) for s_, n in c.declared["group"] if s_ == raw_site)
+                            hint = _suggest(ref, names) or (
+                                f": expected one of {', '.join(names)}"
+                                if names
+                                else f": expected a [[group]] with site = {raw_site!r}"
+                            )
+                            c.problem(
+                                (*tpath, "targets"),
+                                f"target {target!r}: site {raw_site!r} has no group {ref!r}{hint}",
                             )
                         targets = _INVALID
             if _complete(timeout, targets, parallel):
@@ -808,6 +891,7 @@ class _Applier:
         people = await self._people(d)
         rooms = await self._rooms(d, sites)
         rotations = await self._rotations(d, sites, people)
+        groups = await self._groups(d, sites, people)
         await self._policies(d, sites)
         # What the file no longer declares is deactivated (children first); nothing is deleted.
         await self._deactivate(list(rooms.values()), {e.code for e in d.rooms}, lambda r: r.code, "room")
@@ -817,6 +901,12 @@ class _Applier:
             {f"{e.site}/{e.name}" for e in d.rotations},
             lambda r: f"{site_code[r.site_id]}/{r.name}",
             "rotation",
+        )
+        await self._deactivate(
+            list(groups.values()),
+            {f"{e.site}/{e.name}" for e in d.groups},
+            lambda g: f"{site_code[g.site_id]}/{g.name}",
+            "group",
         )
         await self._deactivate(
             list(people.values()), {e.username for e in d.people}, lambda p: p.username, "person"
@@ -917,6 +1007,32 @@ class _Applier:
             await self._set(rotation, "rotation", label, values, also=["members"] if reordered else [])
         await self.s.flush()
         return rotations
+
+    async def _groups(
+        self, d: Directory, sites: dict[str, Site], people: dict[str, Person]
+    ) -> dict[tuple[str, str], PersonGroup]:
+        query = sa.select(PersonGroup).options(selectinload(PersonGroup.members))
+        groups = {(x.site_id, x.name): x for x in (await self.s.scalars(query)).all()}
+        for e in d.groups:
+            key = (sites[e.site].id, e.name)
+            label = f"{e.site}/{e.name}"
+            values: dict[str, Any] = {"pick": e.pick, "size": e.size}
+            member_ids = [people[u].id for u in e.members]
+            members = [PersonGroupMember(position=i, person_id=pid) for i, pid in enumerate(member_ids)]
+            group = groups.get(key)
+            if group is None:
+                groups[key] = PersonGroup(site_id=key[0], name=e.name, members=members, **values)
+                self.s.add(groups[key])
+                await self._log("created", "group", label)
+                continue
+            reordered = [m.person_id for m in group.members] != member_ids
+            if reordered:
+                group.members.clear()
+                await self.s.flush()  # the old (group, position) rows must go before the new ones arrive
+                group.members.extend(members)
+            await self._set(group, "group", label, values, also=["members"] if reordered else [])
+        await self.s.flush()
+        return groups
 
     async def _contacts(self, person: Person, e: PersonEntry) -> None:
         existing = {(c.kind, c.address): c for c in person.contact_methods}

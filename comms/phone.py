@@ -5,10 +5,15 @@
   region.
 * SIP contact addresses are parsed with :class:`sip.message.URI` and must be ``sip:``/``sips:`` with a user
   part and a host; the normal form is the URI rendered back (scheme and host lower-cased).
+* Pager addresses name the protocol (see ``escalation/pager.py``): ``wctp:<recipient id>``,
+  ``snpp:<pager id>`` (1-64 of letters, digits, ``_.-@+``; no spaces, since both go into a protocol field or
+  an SNPP command line) or ``mailto:<local@domain>`` (one address; scheme and domain lower-cased).
 * :func:`mask` is what logs show (no full phone numbers in logs).
 """
 
 from __future__ import annotations
+
+import re
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
@@ -88,20 +93,63 @@ def normalize_sip_uri(text: str) -> str:
     return str(uri)
 
 
+PAGER_SCHEMES = ("wctp", "snpp", "mailto")
+_PAGER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\-]{0,63}")
+_EMAIL = re.compile(
+    r"(?P<local>[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*)"
+    r"@(?P<domain>([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)"
+)
+_PAGER_EXPECTED = "expected wctp:<recipient id>, snpp:<pager id> or mailto:<e-mail address>"
+
+
+def normalize_pager_address(text: str) -> str:
+    """Return the normal form of a pager address (``wctp:``, ``snpp:`` or ``mailto:``) or raise
+    :class:`PhoneNumberError` naming what was seen and what was expected."""
+    if not isinstance(text, str):
+        raise PhoneNumberError(f"pager address {text!r} is not text: {_PAGER_EXPECTED}", "BAD_PAGER_ADDRESS")
+    raw = text.strip()
+    scheme, colon, rest = raw.partition(":")
+    scheme = scheme.lower()
+    if not colon or scheme not in PAGER_SCHEMES:
+        seen = f"scheme {scheme!r}" if colon else "no scheme"
+        raise PhoneNumberError(f"pager address {text!r} has {seen}: {_PAGER_EXPECTED}", "BAD_PAGER_SCHEME")
+    if scheme == "mailto":
+        match = _EMAIL.fullmatch(rest)
+        if match is None or len(rest) > 254:
+            raise PhoneNumberError(
+                f"pager address {text!r}: {rest!r} is not one e-mail address: expected mailto:local@domain "
+                "(no name, no list, no spaces)",
+                "BAD_PAGER_EMAIL",
+            )
+        return f"mailto:{match.group('local')}@{match.group('domain').lower()}"
+    if not _PAGER_ID.fullmatch(rest):
+        what = "recipient id" if scheme == "wctp" else "pager id"
+        raise PhoneNumberError(
+            f"pager address {text!r}: {what} {rest!r} is not valid: expected 1-64 of letters, digits, "
+            "_ . - @ + (no spaces), e.g. wctp:5551001",
+            "BAD_PAGER_ID",
+        )
+    return f"{scheme}:{rest}"
+
+
 def normalize_address(kind: str, text: str, region: str = "US") -> str:
-    """Normalise a contact address for its kind: ``sip`` -> SIP URI, ``pstn_voice``/``sms`` -> E.164."""
+    """Normalise a contact address for its kind: ``sip`` -> SIP URI, ``pstn_voice``/``sms`` -> E.164,
+    ``pager`` -> ``wctp:``/``snpp:``/``mailto:`` address."""
     if kind == "sip":
         return normalize_sip_uri(text)
     if kind in ("pstn_voice", "sms"):
         return normalize_e164(text, region)
+    if kind == "pager":
+        return normalize_pager_address(text)
     raise PhoneNumberError(
-        f"unknown contact kind {kind!r} for address {text!r}: expected sip, pstn_voice or sms", "BAD_KIND"
+        f"unknown contact kind {kind!r} for address {text!r}: expected sip, pstn_voice, sms or pager",
+        "BAD_KIND",
     )
 
 
 def mask(address: str) -> str:
-    """What logs may show of an address: ``+1312555****`` or ``sip:1***@host``."""
-    if address.startswith(("sip:", "sips:")):
+    """What logs may show of an address: ``+1312555****``, ``sip:1***@host`` or ``mailto:a***@host``."""
+    if address.startswith(("sip:", "sips:", "mailto:")):
         scheme, _, rest = address.partition(":")
         user, at, host = rest.partition("@")
         if not at:

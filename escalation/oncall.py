@@ -15,11 +15,15 @@ Wall times that do not exist or exist twice (PEP 495):
   occurrence (01:30 CDT = 06:30 UTC), so the outgoing member never covers the repeated hour twice.
 
 All instants in and out are aware datetimes; results are in UTC.
+
+Groups (pools): :func:`pick_least_recent` chooses the ``size`` members of a group paged least recently (never
+paged counts as least recent; ties keep the group's listed order), so a pool's pages spread over its members.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -154,3 +158,33 @@ def shifts_between(rotation: RotationSpec, start: dt.datetime, end: dt.datetime)
         week += 1
         begin = stop
     return shifts
+
+
+def pick_least_recent(
+    members: Sequence[str], last_paged: Mapping[str, dt.datetime | None], size: int
+) -> tuple[str, ...]:
+    """The ``size`` members paged least recently, in that order (oldest page first).
+
+    ``last_paged`` maps a member to the instant of their latest page (absent or ``None``: never paged, which
+    comes first). Ties -- equal instants, or several never paged -- keep the order of ``members``. Fewer
+    members than ``size``: all of them.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValidationError(f"pick_least_recent size {size!r}: expected an integer of 1 or more")
+    if len(set(members)) != len(members):
+        raise ValidationError(
+            f"pick_least_recent members {list(members)!r} repeat a member: expected each once"
+        )
+
+    def key(item: tuple[int, str]) -> tuple[bool, dt.datetime, int]:
+        index, member = item
+        at = last_paged.get(member)
+        if at is None:
+            return (False, _EPOCH, index)
+        return (True, _aware(at, f"last page of {member!r}"), index)
+
+    ranked = sorted(enumerate(members), key=key)
+    return tuple(member for _, member in ranked[:size])
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)

@@ -210,14 +210,16 @@ def snpp_notice(code: int, text: str) -> PagerNotice | None:
 
 @dataclass(frozen=True)
 class PagerSettings:
+    """The gateways of the pager channel (built from ``[pager]`` settings by the CLI); unset ones refuse pages."""
+
     wctp_url: str | None = None
     wctp_sender_id: str = "contrast-comms"
-    wctp_security_code: str | None = None
+    wctp_security_code: str | None = field(default=None, repr=False)
     snpp_host: str | None = None
     snpp_port: int = 444
     snpp_level: int = 3
     snpp_login: str | None = None
-    snpp_password: str | None = None
+    snpp_password: str | None = field(default=None, repr=False)
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_from: str = "alerts@localhost"

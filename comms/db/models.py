@@ -1,6 +1,7 @@
 """The data model (SQLAlchemy 2, typed ``Mapped[]``), for SQLite (default) and PostgreSQL.
 
 Directory: ``Site``, ``Room``, ``Person``, ``ContactMethod``, ``Rotation`` + ``RotationMember`` (ordered),
+``PersonGroup`` + ``PersonGroupMember`` (ordered; a policy's ``group:<name>`` target),
 ``EscalationPolicy`` (versioned) + ``PolicyTier``.  Operations: ``Incident`` (its next deadline is the indexed
 UTC column ``tier_deadline``; the runner claims due rows with a lease), ``CallLeg`` (one attempt to reach one
 person, or one inbound call) and ``Event`` -- the evidence log, append-only and hash-chained per incident (a
@@ -30,6 +31,7 @@ from comms.db.types import (
     Channel,
     ContactKind,
     Direction,
+    GroupPick,
     IncidentState,
     Role,
     Severity,
@@ -183,7 +185,8 @@ class ContactMethod(Base):
     person_id: Mapped[str] = mapped_column(sa.ForeignKey("person.id"), index=True)
     kind: Mapped[ContactKind] = mapped_column(enum_column(ContactKind, "contact_kind"))
     address: Mapped[str] = mapped_column(sa.String(255))
-    """E.164 for ``pstn_voice``/``sms``; a normalised ``sip:``/``sips:`` URI for ``sip``."""
+    """E.164 for ``pstn_voice``/``sms``; a normalised ``sip:``/``sips:`` URI for ``sip``; ``wctp:<id>``,
+    ``snpp:<id>`` or ``mailto:<address>`` for ``pager``."""
     priority: Mapped[int] = mapped_column(default=0)
     label: Mapped[str] = mapped_column(sa.String(100), default="")
     active: Mapped[bool] = mapped_column(default=True)
@@ -244,6 +247,53 @@ class RotationMember(Base):
     person_id: Mapped[str] = mapped_column(sa.ForeignKey("person.id"), index=True)
 
     rotation: Mapped[Rotation] = relationship(back_populates="members")
+    person: Mapped[Person] = relationship()
+
+
+class PersonGroup(Base):
+    """A group (pool) of people at a site, paged by a policy's ``group:<name>`` target.
+
+    ``pick`` says whom: ``all`` members, or the ``size`` members least recently paged at the site (judged from
+    ``call_leg`` when the incident is raised; ties in listed order). See ``EscalationRunner._resolve_targets``.
+    """
+
+    __tablename__ = "person_group"
+    __table_args__ = (
+        sa.UniqueConstraint("site_id", "name"),
+        sa.CheckConstraint(f"size >= 1 AND size <= {v.GROUP_SIZE_MAX}", name="size_range"),
+    )
+
+    id: Mapped[str] = _id()
+    site_id: Mapped[str] = mapped_column(sa.ForeignKey("site.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    pick: Mapped[GroupPick] = mapped_column(enum_column(GroupPick, "group_pick"), default=GroupPick.ALL)
+    size: Mapped[int] = mapped_column(default=1, server_default="1")
+    """How many members ``least_recent`` pages (``all`` ignores it)."""
+    active: Mapped[bool] = mapped_column(default=True)
+
+    site: Mapped[Site] = relationship()
+    members: Mapped[list[PersonGroupMember]] = relationship(
+        back_populates="group", order_by="PersonGroupMember.position", cascade="all, delete-orphan"
+    )
+
+    @validates("name")
+    def _v_name(self, _key: str, value: str) -> str:
+        return v.group_name(value)
+
+    @validates("size")
+    def _v_size(self, _key: str, value: int) -> int:
+        return v.group_size(value)
+
+
+class PersonGroupMember(Base):
+    __tablename__ = "person_group_member"
+    __table_args__ = (sa.UniqueConstraint("group_id", "person_id"),)
+
+    group_id: Mapped[str] = mapped_column(sa.ForeignKey("person_group.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[str] = mapped_column(sa.ForeignKey("person.id"), index=True)
+
+    group: Mapped[PersonGroup] = relationship(back_populates="members")
     person: Mapped[Person] = relationship()
 
 

@@ -63,6 +63,17 @@ class ContactKind(enum.StrEnum):
     SIP = "sip"
     PSTN_VOICE = "pstn_voice"
     SMS = "sms"
+    PAGER = "pager"
+    """A pager: ``wctp:<recipient id>``, ``snpp:<pager id>`` or ``mailto:<address>`` (escalation/pager.py)."""
+
+
+class GroupPick(enum.StrEnum):
+    """Whom a :class:`~comms.db.models.PersonGroup` target pages."""
+
+    ALL = "all"
+    """Every active member."""
+    LEAST_RECENT = "least_recent"
+    """The ``size`` members least recently paged at the group's site (ties: listed order)."""
 
 
 class TierName(enum.StrEnum):

@@ -20,10 +20,13 @@ US_STATES = frozenset(_STATES.split())
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}")
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
-_TARGET = re.compile(r"rotation:(primary|backup)|person:[a-z0-9][a-z0-9_.\-]{0,63}")
+_GROUP_NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+_TARGET = re.compile(rf"rotation:(primary|backup)|person:[a-z0-9][a-z0-9_.\-]{{0,63}}|group:{_GROUP_NAME}")
+_GROUP = re.compile(_GROUP_NAME)
 
 RING_TIMEOUT_MIN_S = 10
 RING_TIMEOUT_MAX_S = 120
+GROUP_SIZE_MAX = 50
 
 
 def timezone_name(value: str) -> str:
@@ -122,15 +125,33 @@ def ring_timeout(value: int) -> int:
     return value
 
 
+def group_name(value: str) -> str:
+    """A person group's name, as policies name it in ``group:<name>``: 1-64 of A-Z a-z 0-9 _ . - (no spaces)."""
+    if not isinstance(value, str) or not _GROUP.fullmatch(value):
+        raise ValidationError(
+            f"group name {value!r} is not valid: expected 1-64 of A-Z a-z 0-9 _ . - starting with a letter "
+            "or digit (no spaces)"
+        )
+    return value
+
+
+def group_size(value: int) -> int:
+    """How many members a ``least_recent`` group pages at once: 1 to :data:`GROUP_SIZE_MAX`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= GROUP_SIZE_MAX:
+        raise ValidationError(f"group size {value!r} is out of range: expected 1-{GROUP_SIZE_MAX} members")
+    return value
+
+
 def tier_targets(values: list[str]) -> list[str]:
-    """A tier's targets: ``rotation:primary``, ``rotation:backup`` or ``person:<username>``; at least one."""
+    """A tier's targets: ``rotation:primary``, ``rotation:backup``, ``person:<username>`` or ``group:<name>``;
+    at least one."""
     if not isinstance(values, list) or not values:
         raise ValidationError(f"tier targets {values!r} are empty: expected a non-empty list")
     for v in values:
         if not isinstance(v, str) or not _TARGET.fullmatch(v):
             raise ValidationError(
-                f"tier target {v!r} is not valid: expected 'rotation:primary', 'rotation:backup' or "
-                "'person:<username>'"
+                f"tier target {v!r} is not valid: expected 'rotation:primary', 'rotation:backup', "
+                "'person:<username>' or 'group:<name>'"
             )
     if len(set(values)) != len(values):
         raise ValidationError(f"tier targets {values!r} repeat a target: expected each once")

@@ -12,7 +12,17 @@ from sqlalchemy.orm import selectinload
 
 from comms.clock import FakeClock
 from comms.db.events import chain_events, verify_chain
-from comms.db.models import Base, ContactMethod, EscalationPolicy, Person, Room, Rotation, Site
+from comms.db.models import (
+    Base,
+    ContactMethod,
+    EscalationPolicy,
+    Person,
+    PersonGroup,
+    Room,
+    Rotation,
+    Site,
+)
+from comms.db.types import ContactKind, GroupPick
 from comms.directory import DirectoryError, ImportReport, import_directory, token_hash
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "directory.example.toml"
@@ -48,8 +58,9 @@ async def test_first_import_creates_all_and_second_changes_nothing(
     sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine, clock: FakeClock
 ) -> None:
     first = await _import(sessions, EXAMPLE, clock)
-    assert first.changes == 15
+    assert first.changes == 17
     assert first.created[:2] == ["site NSI", "person achen"]
+    assert "group NSI/body-pool" in first.created
     assert set(first.tokens) == {"MR1"}
     assert "room MR1: " + first.tokens["MR1"] in str(first)
     async with sessions() as s:
@@ -71,7 +82,19 @@ async def test_first_import_creates_all_and_second_changes_nothing(
             "sip:achen@127.0.0.1:5071",
             "sip:bpatel@127.0.0.1:5072",
             "sip:cgarcia@127.0.0.1:5073",
+            "wctp:5550101",
         ]
+        assert {c.kind for c in contacts if c.address.startswith("wctp:")} == {ContactKind.PAGER}
+        group = await s.scalar(sa.select(PersonGroup).options(selectinload(PersonGroup.members)))
+        assert group is not None
+        assert (group.name, group.pick, group.size, group.active) == (
+            "body-pool",
+            GroupPick.LEAST_RECENT,
+            1,
+            True,
+        )
+        usernames = {p.id: p.username for p in people}
+        assert [usernames[m.person_id] for m in group.members] == ["bpatel", "cgarcia"]
         rotation = await s.scalar(
             sa.select(Rotation)
             .where(Rotation.name == "Radiologist primary")
@@ -83,7 +106,13 @@ async def test_first_import_creates_all_and_second_changes_nothing(
         policy = await s.scalar(sa.select(EscalationPolicy).options(selectinload(EscalationPolicy.tiers)))
         assert policy is not None
         assert (policy.version, policy.active) == (1, True)
-        assert [(t.ring_timeout_s, t.parallel) for t in policy.tiers] == [(30, True), (30, True), (45, True)]
+        assert [(t.ring_timeout_s, t.parallel) for t in policy.tiers] == [
+            (30, True),
+            (30, True),
+            (45, True),
+            (60, True),
+        ]
+        assert policy.tiers[3].targets == ["group:body-pool"]
         assert (policy.repeat, policy.severe_fanout) == (2, 2)
         assert policy.snapshot()["tiers"][2]["targets"] == [
             "rotation:primary",
@@ -144,8 +173,8 @@ async def test_changes_are_updated_removals_deactivated_and_policies_versioned(
             )
         ).all()
         assert [(p.version, p.active) for p in policies] == [(1, False), (2, True)]
-        assert [t.ring_timeout_s for t in policies[0].tiers] == [30, 30, 45]  # history kept
-        assert [t.ring_timeout_s for t in policies[1].tiers] == [30, 30, 60]
+        assert [t.ring_timeout_s for t in policies[0].tiers] == [30, 30, 45, 60]  # history kept
+        assert [t.ring_timeout_s for t in policies[1].tiers] == [30, 30, 60, 60]
         assert (policies[0].repeat, policies[1].repeat, policies[1].severe_fanout) == (2, 3, 2)
         site = await s.scalar(sa.select(Site))
         assert site is not None

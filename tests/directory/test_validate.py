@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from comms.db.types import ContactKind, TierName
-from comms.directory import Problem, validate_directory
+from comms.db.types import ContactKind, GroupPick, TierName
+from comms.directory import GroupEntry, Problem, validate_directory
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "directory.example.toml"
 
@@ -28,15 +28,18 @@ def test_example_is_valid_and_complete() -> None:
     assert [(c.kind, c.address) for c in achen.contacts] == [
         (ContactKind.SIP, "sip:achen@127.0.0.1:5071"),
         (ContactKind.PSTN_VOICE, "+13125550101"),
+        (ContactKind.PAGER, "wctp:5550101"),
     ]
-    assert [c.priority for c in achen.contacts] == [0, 1]
+    assert [c.priority for c in achen.contacts] == [0, 1, 2]
     assert [(r.tier, r.members) for r in d.rotations] == [
         (TierName.PRIMARY, ("achen", "bpatel", "cgarcia")),
         (TierName.BACKUP, ("bpatel", "cgarcia", "achen")),
     ]
     assert d.rotations[0].start_date == dt.date(2026, 1, 5)
-    assert [(len(p.tiers), p.repeat, p.severe_fanout) for p in d.policies] == [(3, 2, 2)]
-    assert [t.parallel for t in d.policies[0].tiers] == [True, True, True]
+    assert [(len(p.tiers), p.repeat, p.severe_fanout) for p in d.policies] == [(4, 2, 2)]
+    assert [t.parallel for t in d.policies[0].tiers] == [True, True, True, True]
+    assert d.policies[0].tiers[3].targets == ("group:body-pool",)
+    assert d.groups == (GroupEntry("NSI", "body-pool", ("bpatel", "cgarcia"), GroupPick.LEAST_RECENT, 1),)
     assert d.policies[0].tiers[2].targets == ("rotation:primary", "rotation:backup", "person:cgarcia")
 
 
