@@ -1,18 +1,26 @@
 """Twilio Media Streams: a PSTN leg's audio bridged into the room through a bidirectional WebSocket.
 
-An accepted Twilio call is connected with TwiML (built by the Twilio channel)::
+An accepted Twilio call (or a technologist who dialled in on the Twilio number, bridged to a SIP radiologist) is
+connected with TwiML built by :func:`escalation.twilio_streams.connect_stream`::
 
     <Response><Connect><Stream url="wss://PUBLIC/twilio/media-stream">
-      <Parameter name="incident" value="INCIDENT_ID"/><Parameter name="leg" value="LEG_ID"/>
+      <Parameter name="token" value="ONE-TIME-TOKEN"/>
     </Stream></Connect></Response>
 
 Twilio opens the WebSocket with an ``X-Twilio-Signature`` over the ``wss://`` URL (no body parameters); it is
-checked with ``RequestValidator`` against the configured *public* URL before the upgrade. Messages in:
+checked with ``RequestValidator`` against the configured *public* URL before the upgrade (the ``https://`` form
+of the same URL is accepted too). That signature never changes for a given URL, so it cannot say which call a
+socket belongs to: with ``grants`` (:class:`escalation.twilio_streams.StreamGrants`, always in the service) the
+``start`` message must carry a one-time ``token`` parameter issued for that CallSid, and the grant decides what
+the stream is bridged to (the room, or a SIP leg); a stream without a valid grant is closed and reported through
+``on_refused`` (a ``security.webhook_refused`` event). Without ``grants`` (unit tests of the gateway only) the
+``incident``/``leg`` parameters are trusted on the signature alone. Messages in:
 ``connected``, ``start`` (``streamSid``, ``customParameters``, ``mediaFormat`` audio/x-mulaw 8000),
 ``media`` (base64 µ-law, 20 ms), ``dtmf``, ``mark``, ``stop``; out: ``media`` with our 20 ms frames. Audio goes
 through :meth:`media.gateway.MediaGateway.join_stream`; its supervision and evidence are the gateway's.
-Mount :func:`media_stream_handler` on the Twilio webhook application (``comms.twilio_web``) at
-``GET /twilio/media-stream``.
+:func:`comms.twilio_web.build_twilio_app` mounts :func:`media_stream_handler` (with the grants) at
+``GET /twilio/media-stream`` on the Twilio webhook listener: the URL we emit is ``wss://<public base>`` + that
+path, so the reverse proxy must forward WebSocket upgrades for it to that listener.
 """
 
 from __future__ import annotations
@@ -28,45 +36,89 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from twilio.request_validator import RequestValidator
 
+from escalation.twilio_streams import STREAM_PATH, StreamContext, StreamEndpoint, StreamGrants
 from media.errors import MediaError
-from media.gateway import MediaGateway, StreamLeg
+from media.gateway import MediaGateway
 
 __all__ = ["PATH", "media_stream_handler"]
 
 log = logging.getLogger(__name__)
 
-PATH = "/twilio/media-stream"
+PATH = STREAM_PATH
 MAX_QUEUED = 10  # frames (200 ms) waiting for the socket before the oldest are dropped
 
 
+Refused = Callable[[web.Request, str], Awaitable[None]]
+
+
 def media_stream_handler(
-    gateway: MediaGateway, auth_token: str, public_base_url: str
+    gateway: MediaGateway,
+    auth_token: str,
+    public_base_url: str,
+    *,
+    grants: StreamGrants | None = None,
+    on_refused: Refused | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler for Twilio's WebSocket (signature checked against ``public_base_url``)."""
     validator = RequestValidator(auth_token)
     base = public_base_url.rstrip("/")
-    ws_base = "wss://" + base.split("://", 1)[1] if "://" in base else base
+    host = base.split("://", 1)[1] if "://" in base else base
+
+    async def refuse(request: web.Request, reason: str) -> None:
+        log.warning("Twilio media stream from %s refused: %s", request.remote, reason)
+        if on_refused is not None:
+            await on_refused(request, reason)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         signature = request.headers.get("X-Twilio-Signature", "")
-        url = ws_base + request.rel_url.path_qs
-        if not signature or not validator.validate(url, {}, signature):
-            log.warning("Twilio media stream from %s refused: bad or missing signature", request.remote)
+        urls = (f"wss://{host}{request.rel_url.path_qs}", f"https://{host}{request.rel_url.path_qs}")
+        if not signature:
+            await refuse(request, "missing X-Twilio-Signature")
+            return web.Response(status=403, text="forbidden")
+        if not any(validator.validate(url, {}, signature) for url in urls):
+            await refuse(request, "bad X-Twilio-Signature")
             return web.Response(status=403, text="forbidden")
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
-        await _serve(ws, gateway)
+        reason = await _serve(ws, gateway, grants)
+        if reason is not None:
+            await refuse(request, reason)
         return ws
 
     return handler
 
 
-async def _serve(ws: web.WebSocketResponse, gateway: MediaGateway) -> None:
+class _Legacy:
+    """A stream joined by its ``incident``/``leg`` parameters (no grants: gateway unit tests)."""
+
+    def __init__(self, gateway: MediaGateway, incident: str, ctx: StreamContext, leg_id: str | None) -> None:
+        self._gateway, self._incident = gateway, incident
+        self._leg = gateway.join_stream(incident, ctx.stream_sid, ctx.send, leg_id=leg_id)
+        self._closed = False
+
+    def receive(self, ulaw: bytes) -> None:
+        self._leg.receive(ulaw)
+
+    def close(self, reason: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self._gateway.leave_stream(self._incident, self._leg, reason)
+
+
+async def _close(ws: web.WebSocketResponse) -> None:
+    await ws.close()
+
+
+async def _serve(ws: web.WebSocketResponse, gateway: MediaGateway, grants: StreamGrants | None) -> str | None:
+    """Run one stream; returns why it was refused (a security matter), or None."""
     outbox: asyncio.Queue[bytes] = asyncio.Queue()
-    leg: StreamLeg | None = None
-    incident = ""
+    leg: StreamEndpoint | None = None
     stream_sid = ""
     sender: asyncio.Task[None] | None = None
+    refused: str | None = None
+    ended = asyncio.Event()
+    closing: list[asyncio.Task[None]] = []
+    reason = "socket closed"
 
     def send(payload: bytes) -> None:
         while outbox.qsize() >= MAX_QUEUED:
@@ -83,7 +135,13 @@ async def _serve(ws: web.WebSocketResponse, gateway: MediaGateway) -> None:
             }
             await ws.send_str(json.dumps(message))
 
-    reason = "socket closed"
+    def end(why: str) -> None:
+        nonlocal reason
+        reason = why
+        ended.set()
+        if not closing:
+            closing.append(asyncio.get_running_loop().create_task(_close(ws)))
+
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -99,9 +157,19 @@ async def _serve(ws: web.WebSocketResponse, gateway: MediaGateway) -> None:
                     start = data.get("start") or {}
                     stream_sid = str(start.get("streamSid") or data.get("streamSid") or "")
                     params = start.get("customParameters") or {}
-                    incident = str(params.get("incident", ""))
+                    call_sid = str(start.get("callSid") or "")
+                    ctx = StreamContext(stream_sid, call_sid, send, end)
                     try:
-                        leg = gateway.join_stream(incident, stream_sid, send, leg_id=params.get("leg"))
+                        if grants is None:
+                            leg = _Legacy(gateway, str(params.get("incident", "")), ctx, params.get("leg"))
+                        else:
+                            try:
+                                grant = grants.claim(str(params.get("token", "")), call_sid)
+                            except MediaError as exc:
+                                refused = f"media stream {stream_sid} of call {call_sid}: {exc}"
+                                reason = "refused"
+                                break
+                            leg = grant.attach(ctx)
                     except MediaError as exc:
                         log.warning("Twilio stream %s not bridged: %s", stream_sid, exc)
                         reason = str(exc)
@@ -117,9 +185,12 @@ async def _serve(ws: web.WebSocketResponse, gateway: MediaGateway) -> None:
                     break
                 case _:
                     pass  # connected, mark, dtmf: nothing to do for audio
+            if ended.is_set():
+                break
     finally:
         if sender is not None:
             sender.cancel()
         if leg is not None:
-            gateway.leave_stream(incident, leg, reason)
+            leg.close(reason)
         await ws.close()
+    return refused

@@ -14,6 +14,12 @@ Routes (relative to the public base URL; the proxy must forward them with the sa
     POST /twilio/call-status/{leg_id}    call status callbacks
     POST /twilio/sms-status/{leg_id}     message status callbacks
     POST /twilio/sms                     inbound SMS (configure it on the Twilio number)
+    POST /twilio/dialin                  an inbound call to the dial-in number (its voice URL)
+    POST /twilio/dialin/gather/{sid}?turn=N  the dial-in menu's Gather action
+    POST /twilio/dialin/hold/{sid}?n=K   a supervised hold's Redirect
+    POST /twilio/dialin/status           the dial-in number's call status callback
+    POST /twilio/dialin/conference/{sid} conference participant callbacks (a caller with a Twilio radiologist)
+    GET  /twilio/media-stream            the Media Streams WebSocket (:mod:`comms.twilio_media`)
 
 The application runs on its own listener (it is not behind the staff session middleware of
 :mod:`comms.web.app`: Twilio authenticates by signature, not by cookie).
@@ -29,9 +35,13 @@ from multidict import MultiDict
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from twilio.request_validator import RequestValidator
 
+from comms import twilio_media
 from comms.clock import Clock
 from comms.db.events import append_event
 from escalation.twilio_channel import TwilioSettings, TwilioSmsChannel, TwilioVoiceChannel
+from escalation.twilio_dialin import TwilioDialIn
+from escalation.twilio_streams import StreamGrants
+from media.gateway import MediaGateway
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +59,16 @@ def build_twilio_app(
     node_id: str,
     voice: TwilioVoiceChannel | None,
     sms: TwilioSmsChannel | None,
+    dialin: TwilioDialIn | None = None,
+    gateway: MediaGateway | None = None,
+    grants: StreamGrants | None = None,
 ) -> web.Application:
-    """The webhook application for ``voice`` and ``sms`` (either may be None: its routes answer 404)."""
+    """The webhook application for ``voice``, ``sms`` and ``dialin`` (each may be None: its routes answer 404);
+    with ``gateway`` and ``grants``, also the Media Streams WebSocket (streams need a grant token)."""
     validator = RequestValidator(settings.auth_token)
     base = settings.public_base_url.rstrip("/")
 
-    async def refuse(request: web.Request, reason: str) -> web.Response:
+    async def record_refusal(request: web.Request, reason: str) -> None:
         peer = request.remote or ""
         log.warning("Twilio webhook %s %s from %s refused: %s", request.method, request.path, peer, reason)
         async with sessions() as s, s.begin():
@@ -67,6 +81,9 @@ def build_twilio_app(
                 clock=clock,
                 source=node_id,
             )
+
+    async def refuse(request: web.Request, reason: str) -> web.Response:
+        await record_refusal(request, reason)
         return web.Response(status=403, text="forbidden")
 
     def signed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -118,10 +135,52 @@ def build_twilio_app(
     async def on_sms(request: web.Request, form: MultiDict[str]) -> web.StreamResponse:
         return twiml(await sms_channel().inbound(form))
 
+    def dialin_service() -> TwilioDialIn:
+        if dialin is None:
+            raise web.HTTPNotFound(text="no Twilio dial-in here")
+        return dialin
+
+    async def on_dialin(request: web.Request, form: MultiDict[str]) -> web.StreamResponse:
+        return twiml(await dialin_service().incoming(form))
+
+    async def on_dialin_gather(request: web.Request, form: MultiDict[str]) -> web.StreamResponse:
+        try:
+            turn = int(request.query.get("turn", ""))
+        except ValueError:
+            raise web.HTTPBadRequest(text="turn must be an integer") from None
+        return twiml(await dialin_service().gather(request.match_info["sid"], turn, form))
+
+    async def on_dialin_hold(request: web.Request, form: MultiDict[str]) -> web.StreamResponse:
+        return twiml(await dialin_service().hold(request.match_info["sid"], form))
+
+    async def on_dialin_status(request: web.Request, form: MultiDict[str]) -> web.StreamResponse:
+        await dialin_service().status(form)
+        return web.Response(status=204)
+
+    async def on_dialin_conference(request: web.Request, form: MultiDict[str]) -> web.StreamResponse:
+        await dialin_service().conference(request.match_info["sid"], form)
+        return web.Response(status=204)
+
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_post("/twilio/voice/{leg_id}", signed(on_voice))
     app.router.add_post("/twilio/gather/{leg_id}", signed(on_gather))
     app.router.add_post("/twilio/call-status/{leg_id}", signed(on_call_status))
     app.router.add_post("/twilio/sms-status/{leg_id}", signed(on_sms_status))
     app.router.add_post("/twilio/sms", signed(on_sms))
+    app.router.add_post("/twilio/dialin", signed(on_dialin))
+    app.router.add_post("/twilio/dialin/gather/{sid}", signed(on_dialin_gather))
+    app.router.add_post("/twilio/dialin/hold/{sid}", signed(on_dialin_hold))
+    app.router.add_post("/twilio/dialin/status", signed(on_dialin_status))
+    app.router.add_post("/twilio/dialin/conference/{sid}", signed(on_dialin_conference))
+    if gateway is not None and grants is not None:
+        app.router.add_get(
+            twilio_media.PATH,
+            twilio_media.media_stream_handler(
+                gateway,
+                settings.auth_token,
+                settings.public_base_url,
+                grants=grants,
+                on_refused=record_refusal,
+            ),
+        )
     return app

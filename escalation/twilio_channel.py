@@ -66,6 +66,7 @@ from comms.db.types import ContactKind, Direction
 from comms.db.types import IncidentState as DbIncidentState
 from comms.phone import PhoneNumberError, mask, normalize_e164
 from escalation.channel import AnnounceOrder, LegOrder, LegReporter
+from escalation.twilio_streams import TwilioAcceptedHandler, TwilioCallRef
 from ivr.menu import CollectStep, Outcome, alert_menu, alert_variables, message_text
 from ivr.twiml import Turn, TwimlCall, Voice, hang_up, reply_message, say_and_hang_up
 
@@ -99,6 +100,11 @@ class TwilioSettings:
     """How long an out-of-order status callback waits for the ones before it."""
     max_call_s: float = 900.0
     """After ring timeout + this, a call with no final status callback is ended as failed."""
+    dialin_number: str | None = None
+    """Our Twilio number for the technologist dial-in (E.164; its voice webhook is ``/twilio/dialin``); None:
+    no dial-in over Twilio."""
+    hold_pause_s: int = 2
+    """A dial-in caller on hold is asked back (``<Pause>`` + ``<Redirect>``) this often, in whole seconds."""
 
     def url(self, path: str) -> str:
         return self.public_base_url.rstrip("/") + path
@@ -272,7 +278,12 @@ class TwilioVoiceChannel:
         settings: TwilioSettings,
         clock: Clock,
         sessions: async_sessionmaker[AsyncSession],
+        *,
+        on_accepted: TwilioAcceptedHandler | None = None,
     ) -> None:
+        self.on_accepted = on_accepted
+        """Offered every call whose person won the accept (a conference with the technologist on the line, a
+        media stream to the room); without it, or when it declines, the radiologist is thanked and hung up."""
         self._client = client
         self._settings = settings
         self._clock = clock
@@ -563,6 +574,18 @@ class TwilioVoiceChannel:
             case Outcome.ACCEPT:
                 result = await leg.reporter.try_accept(leg_id, digits=finish.digits, method=method)
                 leg.end_cause = "normal"
+                if result.won and self.on_accepted is not None and leg.call_sid is not None:
+                    try:
+                        handover = await self.on_accepted(order, TwilioCallRef(leg_id, leg.call_sid))
+                    except Exception as exc:  # the accept stands; the call must still be answered
+                        log.exception("[leg=%s] accepted-call handler failed", leg_id)
+                        await leg.reporter.record(
+                            leg_id, "leg.handover_failed", {"error": f"{type(exc).__name__}: {exc}"}
+                        )
+                        handover = None
+                    if handover is not None:
+                        await leg.reporter.record(leg_id, "leg.handed_over", {"to": handover.to})
+                        return handover.twiml
                 if result.won:
                     text = ACCEPTED_TEXT.format(code=" ".join(order.incident_code))
                 else:

@@ -98,6 +98,72 @@ def hang_up() -> str:
     return _render(root)
 
 
+def hold(texts: list[str], *, pause_s: int, redirect_url: str, voice: Voice = Voice()) -> str:
+    """One turn of a supervised hold: speak ``texts`` (may be empty), wait ``pause_s``, then ask us again.
+
+    Each ``<Redirect>`` is answered from the incident's state at that moment, so the caller hears news within
+    one pause; a call can also be moved on at once with a REST update that replaces this document.
+    """
+    root = _response()
+    _add_speech(root, texts, voice, None)
+    ET.SubElement(root, "Pause", length=str(max(1, pause_s)))
+    ET.SubElement(root, "Redirect", method="POST").text = redirect_url
+    return _render(root)
+
+
+def conference(
+    texts: list[str],
+    name: str,
+    *,
+    after: list[str] | None = None,
+    status_callback: str | None = None,
+    voice: Voice = Voice(),
+) -> str:
+    """Speak ``texts``, then join conference ``name`` (it starts when this call enters and ends when it leaves,
+    no beep, no hold music); ``after`` is spoken if the conference ends while this call is still up."""
+    root = _response()
+    _add_speech(root, texts, voice, None)
+    dial = ET.SubElement(root, "Dial")
+    attrs = {
+        "startConferenceOnEnter": "true",
+        "endConferenceOnExit": "true",
+        "beep": "false",
+        "waitUrl": "",
+    }
+    if status_callback is not None:
+        attrs |= {
+            "statusCallback": status_callback,
+            "statusCallbackMethod": "POST",
+            "statusCallbackEvent": "join leave end",
+        }
+    ET.SubElement(dial, "Conference", attrs).text = name
+    if after:
+        _add_speech(root, after, voice, None)
+        ET.SubElement(root, "Hangup")
+    return _render(root)
+
+
+def connect_stream(
+    texts: list[str],
+    url: str,
+    parameters: Mapping[str, str],
+    *,
+    after: list[str] | None = None,
+    voice: Voice = Voice(),
+) -> str:
+    """Speak ``texts``, then connect the call to a bidirectional media stream at ``url`` (``wss://``; no query
+    string: Twilio refuses one, values go in ``<Parameter>``s); ``after`` is spoken when we close the stream."""
+    root = _response()
+    _add_speech(root, texts, voice, None)
+    stream = ET.SubElement(ET.SubElement(root, "Connect"), "Stream", url=url)
+    for key, value in parameters.items():
+        ET.SubElement(stream, "Parameter", name=key, value=value)
+    if after:
+        _add_speech(root, after, voice, None)
+        ET.SubElement(root, "Hangup")
+    return _render(root)
+
+
 def reply_message(text: str | None) -> str:
     """Messaging TwiML: reply ``text`` to an inbound SMS, or say nothing when ``text`` is None."""
     root = _response()

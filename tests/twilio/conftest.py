@@ -228,3 +228,8 @@ async def twilio_node(tmp_path: Path, phones: dict[str, Phone], burst: bool) -> 
         await web_runner.cleanup()
         await close_twilio_client(client)
         await engine.dispose()
+
+
+# the whole-node fixtures of the dial-in tests (after the constants above: app_node imports them)
+from tests.peers.fixtures import softphone  # noqa: E402, F401
+from tests.twilio.app_node import app_node, prompt_cache  # noqa: E402, F401

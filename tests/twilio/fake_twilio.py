@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.utils
+import json
+import math
 import random
 import secrets
 from collections import deque
@@ -28,10 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import numpy as np
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from tests.twilio.twiml_caller import gather_input, parse
+from media import audio
+from tests.twilio.twiml_caller import Verb, gather_input, parse, parse_verbs
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Phone:
     pause_s: float = 0.0
     """How long the person thinks before each Gather's keys (a hang-up from our side can come meanwhile)."""
     sms: str = "delivered"  # or "undelivered"
+    tone_hz: float | None = None
+    """What this person says into a media stream: a tone at this frequency (None: silence)."""
 
 
 @dataclass
@@ -63,6 +70,38 @@ class FakeCall:
     spoken: list[str] = field(default_factory=list)
     statuses: list[dict[str, str]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    direction: str = "outbound-api"
+    twiml: list[str] = field(default_factory=list)
+    """Every TwiML document this call ran, in order (fetched, Gather/Redirect answers, REST updates)."""
+    conferences: list[str] = field(default_factory=list)
+    streams: list[FakeStream] = field(default_factory=list)
+    updated: asyncio.Event = field(default_factory=asyncio.Event)
+    next_twiml: str | None = None
+    interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by a REST update or a hang-up: whatever the call waits on (a pause, a conference, a stream) ends."""
+
+
+@dataclass
+class FakeStream:
+    """Twilio's side of one ``<Connect><Stream>``: sends a tone (or silence) as 20 ms µ-law frames, keeps what it
+    hears (as 8 kHz int16 PCM frames)."""
+
+    url: str
+    parameters: dict[str, str]
+    stream_sid: str
+    status: int | None = None
+    heard: list[Any] = field(default_factory=list)
+    sent: int = 0
+    closed_by: str = ""
+
+
+@dataclass
+class FakeConference:
+    name: str
+    sid: str
+    participants: set[str] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    sequence: int = 0
 
 
 class FakeTwilio:
@@ -87,6 +126,7 @@ class FakeTwilio:
         self.payloads: list[tuple[str, str]] = []
         """Everything we sent out through Twilio: ("say", text), ("sms", body), ("sms_reply", text)."""
         self.webhook_times: list[float] = []
+        self.conferences: dict[str, FakeConference] = {}
         self.rest_requests: list[str] = []
         self._validator = RequestValidator(auth_token)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -191,6 +231,13 @@ class FakeTwilio:
         elif status == "completed":
             call.cancel.set()
             call.hangup.set()
+            call.interrupt.set()
+        elif "Twiml" in form:
+            if call.status != "in-progress":
+                return self._error(21220, "Call is not in-progress. Cannot redirect.")
+            call.next_twiml = str(form["Twiml"])
+            call.updated.set()
+            call.interrupt.set()
         return web.json_response(self._call_json(call))
 
     async def _create_message(self, request: web.Request) -> web.Response:
@@ -242,7 +289,7 @@ class FakeTwilio:
             "CallSid": call.sid,
             "From": call.from_,
             "To": call.to,
-            "Direction": "outbound-api",
+            "Direction": call.direction,
             "ApiVersion": "2010-04-01",
         }
 
@@ -312,31 +359,234 @@ class FakeTwilio:
             call.done.set()
 
     async def _converse(self, call: FakeCall, phone: Phone, extra: dict[str, str]) -> None:
-        keys = deque(phone.keys)
         status, twiml = await self.post_webhook(
             call.url, {**self._base_params(call), "CallStatus": "in-progress", **extra}
         )
         assert status == 200, f"TwiML fetch answered {status}: {twiml}"
-        while not call.hangup.is_set():
-            doc = parse(twiml)
-            call.spoken += doc.spoken
-            self.payloads += [("say", text) for text in doc.spoken]
-            if doc.gather is None:
-                return  # <Hangup/> or the end of the document
-            if phone.pause_s and await self._wait(call.hangup, phone.pause_s):
-                return  # we ended the call while the person was thinking
-            posted = gather_input(doc.gather, keys)
-            if posted is None:
-                return  # the caller hangs up
-            digits, key = posted
-            params = {
-                **self._base_params(call),
-                "CallStatus": "in-progress",
-                "Digits": digits,
-                "FinishedOnKey": key,
+        await self._run(call, phone, twiml)
+
+    async def _run(self, call: FakeCall, phone: Phone, twiml: str) -> None:
+        """Run TwiML as Twilio does, until the call hangs up or a document ends; a REST update replaces the
+        document being run at once."""
+        keys = deque(phone.keys)
+        while twiml and not call.hangup.is_set():
+            call.twiml.append(twiml)
+            twiml = await self._document(call, phone, twiml, keys)
+            if call.updated.is_set() and not call.hangup.is_set():
+                call.updated.clear()
+                call.interrupt.clear()
+                twiml, call.next_twiml = call.next_twiml or "", None
+
+    async def _document(self, call: FakeCall, phone: Phone, twiml: str, keys: deque[str]) -> str:
+        """Run one document; returns the next one ('' when the call is over or the document ended)."""
+        params = {**self._base_params(call), "CallStatus": "in-progress"}
+        for verb in parse_verbs(twiml):
+            if call.updated.is_set() or call.hangup.is_set():
+                return ""
+            match verb.tag:
+                case "Say" | "Play":
+                    call.spoken.append(verb.text)
+                    self.payloads.append(("say", verb.text))
+                case "Pause":
+                    await self._wait(call.interrupt, float(verb.attrs.get("length", "1")))
+                case "Redirect":
+                    status, text = await self.post_webhook(verb.text, params)
+                    assert status == 200, f"Redirect answered {status}: {text}"
+                    return text
+                case "Hangup":
+                    return ""
+                case "Gather":
+                    spec = verb.gather
+                    assert spec is not None
+                    call.spoken += spec.spoken
+                    self.payloads += [("say", text) for text in spec.spoken]
+                    if phone.pause_s and await self._wait(call.hangup, phone.pause_s):
+                        return ""  # we ended the call while the person was thinking
+                    posted = gather_input(spec, keys)
+                    if posted is None:
+                        call.hangup.set()  # the caller hangs up
+                        return ""
+                    digits, key = posted
+                    status, text = await self.post_webhook(
+                        spec.action, {**params, "Digits": digits, "FinishedOnKey": key}
+                    )
+                    assert status == 200, f"Gather action answered {status}: {text}"
+                    return text
+                case "Dial":
+                    await self._conference(call, verb)
+                case "Connect":
+                    await self._stream(call, phone, verb)
+        return ""
+
+    # --- conferences ----------------------------------------------------------------------------------
+
+    async def _conference(self, call: FakeCall, verb: Verb) -> None:
+        name = verb.conference or ""
+        conf = self.conferences.get(name)
+        if conf is None or conf.ended.is_set():
+            conf = self.conferences[name] = FakeConference(name, "CF" + secrets.token_hex(16))
+        call.conferences.append(name)
+        conf.participants.add(call.sid)
+        callback = verb.conference_attrs.get("statusCallback")
+        await self._conference_event(conf, callback, "participant-join", call)
+        ended = asyncio.get_running_loop().create_task(conf.ended.wait())
+        interrupted = asyncio.get_running_loop().create_task(call.interrupt.wait())
+        await asyncio.wait({ended, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        interrupted.cancel()
+        conf.participants.discard(call.sid)
+        await self._conference_event(conf, callback, "participant-leave", call)
+        if verb.conference_attrs.get("endConferenceOnExit") == "true" and not conf.ended.is_set():
+            conf.ended.set()
+            await self._conference_event(conf, callback, "conference-end", call)
+
+    async def _conference_event(
+        self, conf: FakeConference, callback: str | None, event: str, call: FakeCall
+    ) -> None:
+        if not callback:
+            return
+        conf.sequence += 1
+        params = {
+            "AccountSid": self.account_sid,
+            "ConferenceSid": conf.sid,
+            "FriendlyName": conf.name,
+            "StatusCallbackEvent": event,
+            "SequenceNumber": str(conf.sequence),
+            "Timestamp": email.utils.format_datetime(email.utils.localtime().replace(microsecond=0)),
+        }
+        if event != "conference-end":
+            params["CallSid"] = call.sid
+        for _ in range(2):  # Twilio may retry: every callback comes twice here
+            await self.post_webhook(callback, params)
+
+    # --- media streams --------------------------------------------------------------------------------
+
+    async def _stream(self, call: FakeCall, phone: Phone, verb: Verb) -> None:
+        """Open the WebSocket Twilio would open (signed over the public wss URL), send ``phone``'s tone and keep
+        what comes back, until our side closes it or the call is interrupted (then send ``stop``)."""
+        assert self._http is not None
+        url = verb.stream_url or ""
+        assert url.startswith("wss://"), f"<Stream url={url!r}>: Twilio only connects to wss://"
+        public_host = self.public_base.split("://", 1)[1]
+        assert url.startswith(f"wss://{public_host}/"), f"{url} is not under {self.public_base}"
+        real = "ws" + self.webhook_base[len("http") :] + url[len(f"wss://{public_host}") :]
+        stream = FakeStream(url, dict(verb.parameters), "MZ" + secrets.token_hex(16))
+        call.streams.append(stream)
+        headers = {"X-Twilio-Signature": self.sign(url, {})}
+        try:
+            ws = await self._http.ws_connect(real, headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            stream.status = exc.status
+            return
+        stream.status = 101
+        await ws.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await ws.send_json(
+            {
+                "event": "start",
+                "sequenceNumber": "1",
+                "streamSid": stream.stream_sid,
+                "start": {
+                    "streamSid": stream.stream_sid,
+                    "accountSid": self.account_sid,
+                    "callSid": call.sid,
+                    "tracks": ["inbound"],
+                    "customParameters": stream.parameters,
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
             }
-            status, twiml = await self.post_webhook(doc.gather.action, params)
-            assert status == 200, f"Gather action answered {status}: {twiml}"
+        )
+
+        async def talk() -> None:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            k = 0
+            while not ws.closed:
+                t = (np.arange(160) + k * 160) / 8000
+                level = 0.3 * 32767 if phone.tone_hz else 0.0
+                pcm = (np.sin(2 * math.pi * (phone.tone_hz or 0.0) * t) * level).astype(np.int16)
+                payload = base64.b64encode(audio.encode("PCMU", pcm)).decode("ascii")
+                await ws.send_json(
+                    {"event": "media", "streamSid": stream.stream_sid, "media": {"payload": payload}}
+                )
+                stream.sent += 1
+                k += 1
+                await asyncio.sleep(max(0.0, t0 + k * 0.02 - loop.time()))
+
+        async def listen() -> None:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                data = json.loads(msg.data)
+                if data.get("event") == "media":
+                    assert data["streamSid"] == stream.stream_sid
+                    stream.heard.append(audio.decode("PCMU", base64.b64decode(data["media"]["payload"])))
+            stream.closed_by = stream.closed_by or "server"
+
+        loop = asyncio.get_running_loop()
+        talker = loop.create_task(talk())
+        listener = loop.create_task(listen())
+        interrupted = loop.create_task(call.interrupt.wait())
+        await asyncio.wait({listener, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        if not listener.done():
+            stream.closed_by = "twilio"
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_json({"event": "stop", "streamSid": stream.stream_sid})
+            await ws.close()
+        for task in (talker, listener, interrupted):
+            task.cancel()
+        await asyncio.gather(talker, listener, interrupted, return_exceptions=True)
+        await ws.close()
+
+    async def replay_stream(self, call_sid: str, url: str, parameters: dict[str, str]) -> FakeStream:
+        """Open one more stream as if for ``call_sid`` (an attacker replaying a signature and a token): returns
+        it once our side has closed it (or after 3 s)."""
+        call = FakeCall(call_sid, "", "", "", None, [], None, 0.0, status="in-progress")
+        self._spawn(self._interrupt_later(call, 3.0))
+        await self._stream(call, Phone(), Verb("Connect", stream_url=url, parameters=dict(parameters)))
+        return call.streams[0]
+
+    async def _interrupt_later(self, call: FakeCall, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        call.interrupt.set()
+
+    # --- inbound calls --------------------------------------------------------------------------------
+
+    def dial_in(self, from_: str, to: str, phone: Phone) -> FakeCall:
+        """A person at ``from_`` calls our number ``to``: Twilio posts the number's voice URL
+        (``/twilio/dialin``) and runs what we answer; the status callback (``/twilio/dialin/status``) gets
+        ``completed`` when the call ends (shuffled and duplicated like the others)."""
+        call = FakeCall(
+            sid="CA" + secrets.token_hex(16),
+            to=to,
+            from_=from_,
+            url=self.public_base + "/twilio/dialin",
+            status_callback=self.public_base + "/twilio/dialin/status",
+            events=["completed"],
+            machine_detection=None,
+            timeout_s=60.0,
+            status="in-progress",
+            direction="inbound",
+        )
+        self.calls[call.sid] = call
+        self._spawn(self._inbound(call, phone))
+        return call
+
+    def hang_up(self, call: FakeCall) -> None:
+        """The person on ``call`` hangs up."""
+        call.hangup.set()
+        call.interrupt.set()
+
+    async def _inbound(self, call: FakeCall, phone: Phone) -> None:
+        try:
+            status, twiml = await self.post_webhook(
+                call.url, {**self._base_params(call), "Direction": "inbound", "CallStatus": "ringing"}
+            )
+            assert status == 200, f"dial-in webhook answered {status}: {twiml}"
+            await self._run(call, phone, twiml)
+            self._status(call, "completed", CallDuration="9")
+        finally:
+            await self._deliver_statuses(call)
+            call.done.set()
 
     async def _message_statuses(self, msg: dict[str, str], callback: str, outcome: str) -> None:
         await asyncio.sleep(0.01)

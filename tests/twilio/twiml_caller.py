@@ -92,3 +92,49 @@ def gather_input(spec: GatherSpec, keys: deque[str]) -> tuple[str, str] | None:
         if spec.num_digits is not None and len(digits) >= spec.num_digits:
             return digits, ""
     return None  # the caller hung up in the middle of the Gather
+
+
+@dataclass
+class Verb:
+    """One top-level TwiML verb as Twilio runs it (``parse_verbs``): its tag, text and attributes; for
+    ``<Gather>`` the spec, for ``<Dial><Conference>`` the conference, for ``<Connect><Stream>`` the stream."""
+
+    tag: str
+    text: str = ""
+    attrs: dict[str, str] = field(default_factory=dict)
+    gather: GatherSpec | None = None
+    conference: str | None = None
+    conference_attrs: dict[str, str] = field(default_factory=dict)
+    stream_url: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def parse_verbs(twiml: str) -> list[Verb]:
+    """Every top-level verb of a voice TwiML document, in order (Say, Play, Pause, Gather, Redirect, Hangup,
+    Dial with a Conference, Connect with a Stream); anything else is a test failure."""
+    root = ET.fromstring(twiml)
+    assert root.tag == "Response", f"TwiML root must be <Response>, got <{root.tag}>"
+    verbs: list[Verb] = []
+    for el in root:
+        verb = Verb(el.tag, el.text or "", dict(el.attrib))
+        match el.tag:
+            case "Say" | "Play" | "Pause" | "Redirect" | "Hangup":
+                pass
+            case "Gather":
+                verb.gather = parse(f"<Response>{ET.tostring(el, encoding='unicode')}</Response>").gather
+            case "Dial":
+                (conf,) = list(el)
+                assert conf.tag == "Conference", f"<Dial> with <{conf.tag}>: only <Conference> is expected"
+                verb.conference = conf.text or ""
+                verb.conference_attrs = dict(conf.attrib)
+            case "Connect":
+                (stream,) = list(el)
+                assert stream.tag == "Stream", f"<Connect> with <{stream.tag}>: only <Stream> is expected"
+                verb.stream_url = stream.get("url")
+                verb.parameters = {
+                    p.get("name", ""): p.get("value", "") for p in stream if p.tag == "Parameter"
+                }
+            case other:
+                raise AssertionError(f"unexpected TwiML verb <{other}>")
+        verbs.append(verb)
+    return verbs

@@ -1,0 +1,836 @@
+"""The technologist dial-in over a Twilio phone number: the same menus, hold and evidence as the SIP dial-in
+(:mod:`escalation.dialin`), driven by Twilio's webhooks instead of RTP.
+
+How it runs
+-----------
+Twilio posts every inbound call to our dial-in number to ``/twilio/dialin`` (signed; checked by
+:mod:`comms.twilio_web` against the public base URL). Per call (keyed by CallSid), webhooks only, no task:
+
+1. *Menu.* The room comes from caller ID (the caller's E.164 number equals the number in a room phone's
+   ``Room.sip_phone_uri`` user part: the room-phone map the SIP dial-in uses) or a keyed dial code and the
+   severity from one key (:func:`ivr.dialin.dialin_menu`), walked by :class:`ivr.twiml.TwimlCall` -- the same
+   :class:`~ivr.machine.MenuMachine` the SIP dial-in drives with RTP digits. The room check is answered from the
+   :class:`~ivr.dialin.DialPlan`.
+2. *Raise and evidence.* As in the SIP dial-in: facts before the incident exists are kept with their instant;
+   ``EscalationRunner.raise_incident(source="twilio_dialin")`` raises it, an inbound ``pstn_voice``
+   :class:`~comms.db.models.CallLeg` (``external_ref`` = CallSid) is created and the kept facts written as its
+   leg events; every later step is a leg event. A call that raises nothing is one ``dialin.refused`` /
+   ``dialin.abandoned`` event in the global chain.
+3. *Hold.* Each hold document is ``<Say>``? + ``<Pause length=hold_pause_s>`` + ``<Redirect>``; every redirect is
+   answered from the incident's state at that moment: a status (:func:`ivr.dialin.hold_status`) about every
+   ``status_interval_s`` ("Doctor Lee is being called, attempt 2", a ``dialin.hold_status`` event); *exhausted*
+   -> "Activate the code team now, call <fallback>" and hang up; *cancelled*/*resolved* -> goodbye; *accepted*
+   by someone we cannot connect (SMS, pager) -> "Doctor … has accepted", then after ``accept_wait_s`` "will
+   contact the room".
+4. *Connect.* The channels offer the accepted radiologist's call: a Twilio voice leg
+   (:meth:`on_twilio_accepted`) gets ``<Dial><Conference>`` in the answer to its Gather, and the caller's live
+   call is updated (REST, the real ``twilio`` library, in the background) with the same conference; a SIP leg
+   (:meth:`on_sip_accepted`) stays up while the caller's call is updated with ``<Connect><Stream>`` carrying a
+   one-time grant (:class:`~escalation.twilio_streams.StreamGrants`); when Twilio opens the stream it is
+   cross-connected with the SIP leg's RTP session (:class:`~escalation.twilio_streams.RtpStreamBridge`). If the
+   REST update fails, the caller's next ``<Redirect>`` gets the same document. Conference participant callbacks
+   and the stream bridge's counters become ``bridge.*`` events and ``incident.connected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from twilio.base.exceptions import TwilioRestException
+
+from comms.clock import Clock
+from comms.db.events import append_event, format_at
+from comms.db.models import CallLeg, Event, Incident, Room
+from comms.db.types import Channel as ChannelKind
+from comms.db.types import Direction
+from comms.db.types import IncidentState as DbState
+from comms.errors import CommsError, ValidationError
+from comms.ids import new_id
+from comms.phone import PhoneNumberError, mask, normalize_e164
+from escalation.channel import LegOrder
+from escalation.dialin import DialInSettings
+from escalation.runner import EscalationRunner
+from escalation.twilio_channel import TwilioSettings
+from escalation.twilio_streams import (
+    Handover,
+    RtpStreamBridge,
+    StreamContext,
+    StreamEndpoint,
+    StreamGrants,
+    TwilioCallRef,
+    stream_url,
+)
+from ivr.dialin import (
+    DialPlan,
+    dial_plan,
+    dialin_menu,
+    dialin_message,
+    hold_status,
+    severity_from,
+    speakable_number,
+    spoken_name,
+)
+from ivr.machine import Finish
+from ivr.menu import IvrError, Outcome, speakable_room
+from ivr.prompts import PromptError, PromptRenderer
+from ivr.twiml import Turn, TwimlCall, Voice, conference, connect_stream, hang_up, hold, say_and_hang_up
+from media.errors import MediaError
+from sip.errors import SipError
+from sip.message import URI
+from sip.ua import Call, CallState
+
+__all__ = ["SOURCE", "TwilioDialIn"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "twilio_dialin"
+RADIOLOGIST_CONNECTING = "Thank you. Connecting you to the technologist of room {room} now."
+_FINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+
+
+class _Log(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[incident={extra.get('incident')} leg={extra.get('leg')}] {msg}", kwargs
+
+
+@dataclass
+class _Radio:
+    order: LegOrder
+    kind: str  # "twilio" | "sip"
+    call_sid: str | None = None
+    call: Call | None = None
+
+
+@dataclass
+class _Caller:
+    call_sid: str
+    caller: str
+    to: str
+    log: _Log
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    ivr: TwimlCall | None = None
+    first_twiml: str | None = None
+    plan: DialPlan | None = None
+    room: str | None = None
+    incident_id: str | None = None
+    leg_id: str | None = None
+    hold_n: int = 0
+    hold_started: float = 0.0
+    last_status: float | None = None
+    accepted_at: float | None = None
+    announced: bool = False
+    final: str | None = None
+    """The document that ends or hands over the call: every later webhook of it gets the same."""
+    radio: _Radio | None = None
+    bridge: RtpStreamBridge | None = None
+    joined: set[str] = field(default_factory=set)
+    connected: bool = False
+    ended: bool = False
+    seen: set[tuple[str, str]] = field(default_factory=set)
+
+
+class TwilioDialIn:
+    """The Twilio dial-in of one node: webhook handlers (called by :mod:`comms.twilio_web`) and accept hooks."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        runner: EscalationRunner,
+        client: Any,
+        twilio: TwilioSettings,
+        clock: Clock,
+        grants: StreamGrants,
+        settings: DialInSettings | None = None,
+        *,
+        node_id: str,
+        prompts: PromptRenderer | None = None,
+    ) -> None:
+        if twilio.dialin_number is None:
+            raise ValidationError("the Twilio dial-in needs twilio.dialin_number: expected an E.164 number")
+        self._sf = session_factory
+        self._runner = runner
+        self._client = client
+        self._twilio = twilio
+        self._clock = clock
+        self._grants = grants
+        self.settings = settings or DialInSettings()
+        self._node = node_id
+        self._prompts = prompts
+        self._number = normalize_e164(twilio.dialin_number)
+        self._voice = Voice(twilio.voice, twilio.language)
+        self._fallback = speakable_number(self.settings.fallback_number)
+        self._menu = dialin_menu(room_known=False)
+        self._callers: dict[str, _Caller] = {}
+        self._waiting: dict[str, _Caller] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def waiting(self, incident_id: str) -> bool:
+        """Whether a technologist for ``incident_id`` is on hold on the Twilio number, not yet connected."""
+        c = self._waiting.get(incident_id)
+        return c is not None and not c.ended and c.radio is None
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for c in self._callers.values():
+            if c.bridge is not None:
+                c.bridge.close("shutdown")
+
+    # --------------------------------------------------------------------------------- webhooks: menu
+
+    async def incoming(self, params: Mapping[str, str]) -> str:
+        """A call to our number: answer with the first TwiML of the dial-in menu."""
+        sid = params.get("CallSid", "")
+        try:
+            to = normalize_e164(params.get("To", ""))
+        except PhoneNumberError:
+            to = ""
+        if not sid or to != self._number:
+            log.info("inbound Twilio call %s to %s is not for the dial-in: hung up", sid, mask(to))
+            return hang_up()
+        existing = self._callers.get(sid)
+        if existing is not None:
+            async with existing.lock:
+                return existing.final or existing.first_twiml or hang_up()
+        c = self._callers[sid] = _Caller(sid, params.get("From", ""), to, _Log(log, {"incident": None}))
+        async with c.lock:
+            await self._fact(
+                c, "leg.invite_received", {"from": c.caller, "to": to, "call_sid": sid, "via": "twilio"}
+            )
+            rooms = await self._rooms()
+            c.plan = dial_plan([code for code, _ in rooms], self.settings.dial_codes)
+            c.room = self._room_by_caller_id(c.caller, rooms)
+            await self._fact(c, "leg.answered", {"call_sid": sid})
+            if c.room is not None:
+                await self._fact(c, "dialin.room_identified", {"room": c.room, "by": "caller_id"})
+            st = self.settings
+            menu = dialin_menu(
+                room_known=c.room is not None,
+                timeout_s=st.ivr_timeout_s,
+                inter_digit_timeout_s=st.inter_digit_timeout_s,
+                retries=st.retries,
+            )
+            c.ivr = TwimlCall(
+                menu,
+                {"room": speakable_room(c.room or "")},
+                action_url=self._twilio.url(f"/twilio/dialin/gather/{sid}"),
+                voice=self._voice,
+            )
+            c.first_twiml = await self._answer_turn(c, c.ivr.start(self._clock.monotonic()))
+            return c.first_twiml
+
+    async def gather(self, call_sid: str, turn: int, params: Mapping[str, str]) -> str:
+        """The Gather action of ``turn`` (``Digits``, ``FinishedOnKey``)."""
+        c = self._caller(call_sid, params)
+        if c is None:
+            return hang_up()
+        async with c.lock:
+            if c.final is not None:
+                return c.final
+            ivr = c.ivr
+            if ivr is None:
+                return hang_up()
+            digits, key = params.get("Digits", ""), params.get("FinishedOnKey", "")
+            if turn == ivr.turn and not ivr.finished:
+                for digit in digits + key:
+                    await self._fact(c, "leg.dtmf", {"digit": digit, "method": "twilio", "turn": turn})
+            try:
+                answer = ivr.gather(turn, digits, key, self._clock.monotonic())
+            except IvrError as exc:
+                c.log.info("Gather for turn %d refused: %s", turn, exc)
+                return hang_up()
+            return await self._answer_turn(c, answer)
+
+    async def _answer_turn(self, c: _Caller, turn: Turn) -> str:
+        assert c.ivr is not None
+        while True:
+            if turn.check is not None:
+                ok = await self._check_room(c, turn.check.digits)
+                turn = c.ivr.pin_checked(ok, self._clock.monotonic())
+                continue
+            if turn.finish is not None:
+                twiml = await self._menu_done(c, turn.finish)
+                c.ivr.close(twiml)
+                return twiml
+            assert turn.twiml is not None
+            return turn.twiml
+
+    async def _check_room(self, c: _Caller, digits: str) -> bool:
+        assert c.plan is not None
+        assert c.ivr is not None
+        room = c.plan.lookup(digits)
+        if room is None:
+            await self._fact(c, "dialin.room_unknown", {"digits": digits})
+            return False
+        c.room = room
+        c.ivr.machine.variables["room"] = speakable_room(room)
+        await self._fact(c, "dialin.room_identified", {"room": room, "by": "keyed_code", "digits": digits})
+        return True
+
+    async def _menu_done(self, c: _Caller, finish: Finish) -> str:
+        if finish.outcome is Outcome.HUNG_UP:
+            return hang_up()
+        if c.room is None:
+            message = "no_input" if finish.outcome is Outcome.NO_INPUT else "unknown_room"
+            await self._fact(c, "leg.bye_sent", {"reason": message})
+            await self._flush_refused(c, "dialin.refused", reason=message, outcome=finish.outcome.value)
+            return self._end(c, [dialin_message(self._menu, message, fallback=self._fallback)])
+        severity = severity_from(finish)
+        await self._fact(
+            c,
+            "dialin.severity_chosen",
+            {"severity": severity, "digits": finish.digits, "outcome": finish.outcome.value},
+        )
+        try:
+            incident_id = await self._runner.raise_incident(
+                room_code=c.room, severity=severity, source=SOURCE
+            )
+        except ValidationError as exc:
+            c.log.error("could not raise an incident for room %s: %s", c.room, exc)
+            await self._fact(c, "dialin.failed", {"error": str(exc)})
+            await self._fact(c, "leg.bye_sent", {"reason": "failed"})
+            await self._flush_refused(c, "dialin.failed", reason="raise failed")
+            return self._end(c, [dialin_message(self._menu, "failed", fallback=self._fallback)])
+        # registered before any await: an accepted radiologist may be offered to us from now on
+        c.incident_id = incident_id
+        self._waiting[incident_id] = c
+        await self._open_leg(c, incident_id)
+        c.log.extra = {"incident": incident_id, "leg": c.leg_id}
+        c.log.info("Twilio dial-in raised the incident for room %s, severity %s", c.room, severity)
+        c.hold_started = self._clock.monotonic()
+        raised = dialin_message(self._menu, "raised", room=speakable_room(c.room), severity=severity)
+        return self._hold_twiml(c, [raised])
+
+    # --------------------------------------------------------------------------------- webhooks: hold
+
+    async def hold(self, call_sid: str, params: Mapping[str, str]) -> str:
+        """A hold ``<Redirect>``: what the caller hears next, from the incident's state now."""
+        c = self._caller(call_sid, params)
+        if c is None:
+            return hang_up()
+        async with c.lock:
+            if c.final is not None:
+                return c.final
+            if c.incident_id is None:
+                return hang_up()
+            try:
+                return await self._hold(c, c.incident_id)
+            except Exception as exc:  # never leave a technologist on a silent line
+                c.log.exception("hold failed")
+                with contextlib.suppress(Exception):
+                    await self._fact(c, "dialin.failed", {"error": f"{type(exc).__name__}: {exc}"})
+                    await self._fact(c, "leg.bye_sent", {"reason": "failed"})
+                return self._end(c, [dialin_message(self._menu, "failed", fallback=self._fallback)])
+
+    async def _hold(self, c: _Caller, incident_id: str) -> str:
+        st = self.settings
+        now = self._clock.monotonic()
+        state = await self._incident_state(incident_id)
+        menu = self._menu
+        if state in (DbState.ACCEPTED, DbState.CONNECTED):
+            status = hold_status(await self._events(incident_id))
+            name = spoken_name(status.names[0] if status.names else "the radiologist")
+            if c.accepted_at is None:
+                c.accepted_at = now
+                c.announced = True
+                await self._fact(c, "dialin.accepted_announced", {"person": name})
+                return self._hold_twiml(c, [dialin_message(menu, "accepted", name=name)])
+            if now - c.accepted_at >= st.accept_wait_s:
+                await self._fact(c, "dialin.not_connected", {"reason": "no voice call from the acceptor"})
+                await self._fact(c, "leg.bye_sent", {"reason": "accepted-elsewhere"})
+                return self._end(c, [dialin_message(menu, "accepted_elsewhere", name=name)])
+            return self._hold_twiml(c, [])
+        if state is DbState.EXHAUSTED:
+            await self._fact(c, "dialin.exhausted_announced", {"fallback": st.fallback_number})
+            await self._fact(c, "leg.bye_sent", {"reason": "exhausted"})
+            return self._end(c, [dialin_message(menu, "exhausted", fallback=self._fallback)])
+        if state in (DbState.CANCELLED, DbState.RESOLVED):
+            await self._fact(c, "dialin.closed_announced", {"state": state.value})
+            await self._fact(c, "leg.bye_sent", {"reason": state.value})
+            return self._end(c, [dialin_message(menu, "cancelled")])
+        if now - c.hold_started > st.max_hold_s:
+            await self._fact(c, "dialin.hold_limit", {"seconds": st.max_hold_s})
+            await self._fact(c, "leg.bye_sent", {"reason": "hold-limit"})
+            return self._end(c, [dialin_message(menu, "failed", fallback=self._fallback)])
+        texts: list[str] = []
+        if c.last_status is None or now - c.last_status >= st.status_interval_s:
+            c.last_status = now
+            status = hold_status(await self._events(incident_id))
+            text = status.text(menu, fallback=self._fallback)
+            texts.append(text)
+            await self._fact(
+                c,
+                "dialin.hold_status",
+                {"phase": status.phase, "names": list(status.names), "attempt": status.attempt, "text": text},
+            )
+        return self._hold_twiml(c, texts)
+
+    def _hold_twiml(self, c: _Caller, texts: list[str]) -> str:
+        c.hold_n += 1
+        url = self._twilio.url(f"/twilio/dialin/hold/{c.call_sid}?n={c.hold_n}")
+        return hold(texts, pause_s=self._twilio.hold_pause_s, redirect_url=url, voice=self._voice)
+
+    def _end(self, c: _Caller, texts: list[str]) -> str:
+        c.final = say_and_hang_up(texts, self._voice)
+        return c.final
+
+    # ------------------------------------------------------------------------------ webhooks: status
+
+    async def status(self, params: Mapping[str, str]) -> None:
+        """The caller's call status callback (configure it on the number: ``/twilio/dialin/status``)."""
+        sid = params.get("CallSid", "")
+        c = self._callers.get(sid)
+        if c is None:
+            log.info("dial-in status for unknown call %s: %s", sid, params.get("CallStatus"))
+            return
+        call_status = params.get("CallStatus", "")
+        key = (params.get("SequenceNumber", ""), call_status)
+        async with c.lock:
+            if key in c.seen:
+                return
+            c.seen.add(key)
+            if c.ended:
+                return
+            await self._fact(
+                c,
+                "leg.twilio_status",
+                {
+                    "call_sid": sid,
+                    "sequence": params.get("SequenceNumber") or None,
+                    "call_status": call_status,
+                    "duration_s": params.get("CallDuration") or None,
+                    "twilio_timestamp": params.get("Timestamp") or None,
+                    "received_at": format_at(self._clock.now()),
+                },
+            )
+            if call_status not in _FINAL:
+                return
+            c.ended = True
+            await self._fact(c, "leg.ended", {"cause": "normal", "by": "twilio", "call_status": call_status})
+            if c.incident_id is None and c.final is None:
+                await self._flush_refused(c, "dialin.abandoned", reason="caller hung up in the menu")
+        await self._caller_gone(c)
+
+    async def _caller_gone(self, c: _Caller) -> None:
+        if c.incident_id is not None and self._waiting.get(c.incident_id) is c:
+            del self._waiting[c.incident_id]
+        self._grants.revoke(c.call_sid)
+        self._callers.pop(c.call_sid, None)
+        radio = c.radio
+        if radio is not None and radio.call is not None and c.bridge is None:
+            # handed over, but the stream never came: the radiologist must not stay on a dead line
+            try:
+                await self._record_leg(
+                    radio.order.leg_id, "leg.released", {"reason": "the technologist left"}
+                )
+            finally:
+                await self._say_on(radio.call, dialin_message(self._menu, "caller_left"))
+                await self._hang_up_sip(radio.call)
+
+    # --------------------------------------------------------------------------------- accept hooks
+
+    async def on_twilio_accepted(self, order: LegOrder, call: TwilioCallRef) -> Handover | None:
+        """``TwilioVoiceChannel``'s accept hook: put the radiologist and the waiting caller in one conference."""
+        c = self._waiting.get(order.incident_id)
+        if c is None or c.ended or c.radio is not None:
+            return None
+        async with c.lock:
+            if c.ended or c.radio is not None or c.final is not None:
+                return None
+            c.radio = _Radio(order, "twilio", call_sid=call.call_sid)
+            name = f"incident-{order.incident_id}"
+            callback = self._twilio.url(f"/twilio/dialin/conference/{c.call_sid}")
+            person = spoken_name(order.person_name)
+            c.final = conference(
+                [dialin_message(self._menu, "accepted", name=person)],
+                name,
+                after=[dialin_message(self._menu, "radiologist_left")],
+                status_callback=callback,
+                voice=self._voice,
+            )
+            radio_twiml = conference(
+                [RADIOLOGIST_CONNECTING.format(room=speakable_room(order.room_code))],
+                name,
+                after=[dialin_message(self._menu, "caller_left")],
+                status_callback=callback,
+                voice=self._voice,
+            )
+            c.announced = True
+            await self._fact(c, "dialin.accepted_announced", {"person": order.person_name})
+            await self._fact(
+                c,
+                "bridge.started",
+                {
+                    "via": "twilio_conference",
+                    "conference": name,
+                    "radiologist_leg": order.leg_id,
+                    "person": order.person_name,
+                    "caller_leg": c.leg_id,
+                },
+            )
+            await self._record_leg(order.leg_id, "leg.bridged", {"caller_leg": c.leg_id, "via": "conference"})
+            self._update_caller(c, c.final)
+        c.log.info("radiologist leg %s joins the caller in conference %s", order.leg_id, name)
+        return Handover(radio_twiml, "dialin_conference")
+
+    async def on_sip_accepted(self, order: LegOrder, call: Call) -> bool:
+        """``SipChannel``'s accept hook: connect the waiting caller's Twilio call to this SIP leg (a media
+        stream bridged to its RTP session). False when no Twilio caller waits for the incident."""
+        c = self._waiting.get(order.incident_id)
+        if c is None or c.ended or c.radio is not None or call.state is not CallState.CONFIRMED:
+            return False
+        if call.media is None:
+            return False
+        async with c.lock:
+            if c.ended or c.radio is not None or c.final is not None:
+                return False
+            c.radio = _Radio(order, "sip", call=call)
+
+            def attach(ctx: StreamContext) -> StreamEndpoint:
+                return self._attach_sip(c, ctx)
+
+            token = self._grants.issue(
+                incident_id=order.incident_id,
+                leg_id=c.leg_id,
+                call_sid=c.call_sid,
+                purpose="dialin",
+                attach=attach,
+            )
+            c.final = connect_stream(
+                [dialin_message(self._menu, "accepted", name=spoken_name(order.person_name))],
+                stream_url(self._twilio.public_base_url),
+                {"token": token},
+                after=[dialin_message(self._menu, "radiologist_left")],
+                voice=self._voice,
+            )
+            c.announced = True
+            await self._fact(c, "dialin.accepted_announced", {"person": order.person_name})
+            self._update_caller(c, c.final)
+        c.log.info("radiologist SIP leg %s handed over: the caller is sent to a media stream", order.leg_id)
+        return True
+
+    def _attach_sip(self, c: _Caller, ctx: StreamContext) -> StreamEndpoint:
+        radio = c.radio
+        if radio is None or radio.call is None or radio.call.media is None or c.bridge is not None:
+            raise MediaError("no SIP leg waits for this stream: expected one handed over radiologist call")
+        if radio.call.state is CallState.ENDED:
+            raise MediaError("the radiologist's SIP call has ended: nothing to bridge the stream to")
+        wake = asyncio.Event()
+        bridge = RtpStreamBridge(self._clock, radio.call.media, ctx, on_close=lambda _reason: wake.set())
+        c.bridge = bridge
+        self._spawn(self._bridged(c, radio, bridge, wake))
+        return bridge
+
+    async def _bridged(self, c: _Caller, radio: _Radio, bridge: RtpStreamBridge, wake: asyncio.Event) -> None:
+        """Evidence of a stream bridge while it lasts; when one side leaves, the other is told and hung up."""
+        assert radio.call is not None
+        order, call = radio.order, radio.call
+        started = self._clock.monotonic()
+        await self._fact(
+            c,
+            "bridge.started",
+            {
+                "via": "twilio_stream",
+                "stream_sid": bridge.stream_sid,
+                "call_sid": c.call_sid,
+                "radiologist_leg": order.leg_id,
+                "person": order.person_name,
+                "caller_leg": c.leg_id,
+            },
+        )
+        await self._record_leg(order.leg_id, "leg.bridged", {"caller_leg": c.leg_id, "via": "stream"})
+        radio_done = asyncio.get_running_loop().create_task(call.wait_ended())
+        radio_done.add_done_callback(lambda _t: wake.set())
+        reported: set[str] = set()
+        try:
+            while bridge.closed is None and not radio_done.done():
+                for d in bridge.snapshot():
+                    if d.established_mono is not None and d.name not in reported:
+                        reported.add(d.name)
+                        await self._fact(
+                            c,
+                            "bridge.media_established",
+                            {"direction": d.name, "after_ms": round((d.established_mono - started) * 1000)},
+                        )
+                if len(reported) == 2 and not c.connected:
+                    c.connected = True
+                    await self._mark_connected(c, order.leg_id, via="twilio_stream_bridge")
+                await self._nap(wake, self.settings.poll_s)
+        finally:
+            if not radio_done.done():
+                radio_done.cancel()
+        by = "caller" if bridge.closed is not None else "radiologist"
+        if by == "radiologist":
+            bridge.hang_up("radiologist left")  # Twilio then says "the doctor has left" and hangs up
+        directions = {d.name: d.snapshot() for d in bridge.snapshot()}
+        seconds = round(self._clock.monotonic() - started, 3)
+        await self._fact(c, "bridge.ended", {"by": by, "seconds": seconds, "directions": directions})
+        if by == "caller":
+            await self._say_on(call, dialin_message(self._menu, "caller_left"))
+            await self._hang_up_sip(call)
+
+    async def _nap(self, wake: asyncio.Event, seconds: float) -> None:
+        wake.clear()
+        handle = self._clock.call_later(seconds, wake.set)
+        try:
+            await wake.wait()
+        finally:
+            handle.cancel()
+
+    # ---------------------------------------------------------------------------- conference callbacks
+
+    async def conference(self, caller_sid: str, params: Mapping[str, str]) -> None:
+        """Conference status callbacks (participant join/leave, end): ``bridge.*`` events, connected."""
+        c = self._callers.get(caller_sid)
+        if c is None:
+            log.info("conference callback for a dial-in call not live here: %s", caller_sid)
+            return
+        event = params.get("StatusCallbackEvent", "")
+        sid = params.get("CallSid", "")
+        key = (params.get("SequenceNumber", "") + ":" + sid, event)
+        async with c.lock:
+            if key in c.seen or c.radio is None:
+                return
+            c.seen.add(key)
+            radio = c.radio
+            who = "caller" if sid == c.call_sid else "radiologist" if sid == radio.call_sid else "other"
+            match event:
+                case "participant-join":
+                    c.joined.add(who)
+                    await self._fact(c, "bridge.participant_joined", {"who": who, "call_sid": sid})
+                    if {"caller", "radiologist"} <= c.joined and not c.connected:
+                        c.connected = True
+                        await self._mark_connected(c, radio.order.leg_id, via="twilio_conference")
+                case "participant-leave":
+                    await self._fact(c, "bridge.participant_left", {"who": who, "call_sid": sid})
+                case "conference-end":
+                    await self._fact(c, "bridge.ended", {"via": "twilio_conference"})
+                case _:
+                    pass
+
+    # ------------------------------------------------------------------------------------- REST/SIP
+
+    def _update_caller(self, c: _Caller, twiml: str) -> None:
+        """Move the caller's live call on now (the next hold redirect would get the same document anyway)."""
+        self._spawn(self._update(c, twiml))
+
+    async def _update(self, c: _Caller, twiml: str) -> None:
+        try:
+            await self._client.calls(c.call_sid).update_async(twiml=twiml)
+        except TwilioRestException as exc:
+            c.log.info("could not update the caller's call %s: %s", c.call_sid, exc)
+            await self._fact(c, "dialin.update_failed", {"reason": f"HTTP {exc.status}, code {exc.code}"})
+            return
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            c.log.warning("could not reach Twilio to update call %s: %s", c.call_sid, exc)
+            await self._fact(c, "dialin.update_failed", {"reason": f"{type(exc).__name__}: {exc}"})
+            return
+        await self._fact(c, "dialin.call_updated", {"call_sid": c.call_sid})
+
+    async def _say_on(self, call: Call, text: str) -> None:
+        if self._prompts is None or call.state is CallState.ENDED:
+            return
+        try:
+            await call.play(await self._prompts.render(text))
+        except (SipError, MediaError, PromptError, OSError) as exc:
+            log.info("[call=%s] could not play %r: %s", call.id, text[:40], exc)
+
+    async def _hang_up_sip(self, call: Call) -> None:
+        if call.state is not CallState.ENDED:
+            with contextlib.suppress(SipError):
+                await call.hangup()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Twilio dial-in task failed", exc_info=task.exception())
+
+    # ------------------------------------------------------------------------------------- evidence
+
+    def _caller(self, call_sid: str, params: Mapping[str, str]) -> _Caller | None:
+        c = self._callers.get(call_sid)
+        if c is None or params.get("CallSid", "") != call_sid:
+            log.info(
+                "dial-in webhook for call %s not live here (CallSid %s)", call_sid, params.get("CallSid")
+            )
+            return None
+        return c
+
+    async def _fact(self, c: _Caller, kind: str, data: dict[str, Any]) -> None:
+        """A leg fact: written at once when the leg exists, else kept with its instant until it does."""
+        if c.leg_id is None:
+            stamped = dict(data)
+            stamped["observed_at"] = format_at(self._clock.now())
+            stamped["observed_mono"] = round(self._clock.monotonic(), 6)
+            c.pending.append((kind, stamped))
+            return
+        await self._append(c.incident_id, c.leg_id, kind, data)
+
+    async def _open_leg(self, c: _Caller, incident_id: str) -> None:
+        async with self._sf() as db, db.begin():
+            incident = await db.get(Incident, incident_id)
+            assert incident is not None
+            leg_id = new_id()
+            db.add(
+                CallLeg(
+                    id=leg_id,
+                    incident_id=incident_id,
+                    tier=None,
+                    person_id=None,
+                    contact_method_id=None,
+                    channel=ChannelKind.PSTN_VOICE,
+                    direction=Direction.INBOUND,
+                    address=c.caller[:255],
+                    external_ref=c.call_sid[:255],
+                    created_at=self._clock.now(),
+                )
+            )
+            await db.flush()
+            facts: list[tuple[str, dict[str, Any]]] = [
+                (
+                    "leg.created",
+                    {
+                        "direction": "inbound",
+                        "channel": "pstn_voice",
+                        "from": c.caller,
+                        "to": c.to,
+                        "call_sid": c.call_sid,
+                        "room": c.room,
+                    },
+                ),
+                *c.pending,
+            ]
+            for kind, data in facts:
+                await append_event(
+                    db,
+                    incident=incident,
+                    leg_id=leg_id,
+                    kind=kind,
+                    data=data,
+                    clock=self._clock,
+                    source=self._node,
+                )
+            c.pending.clear()
+            c.leg_id = leg_id
+
+    async def _flush_refused(self, c: _Caller, kind: str, **data: Any) -> None:
+        steps = [{"kind": k, **d} for k, d in c.pending]
+        c.pending.clear()
+        payload = {
+            "from": c.caller,
+            "to": c.to,
+            "call_sid": c.call_sid,
+            "room": c.room,
+            "steps": steps,
+            **data,
+        }
+        await self._append(None, None, kind, payload)
+        log.info("Twilio dial-in call %s: %s (%s)", c.call_sid, kind, data.get("reason"))
+
+    async def _append(
+        self, incident_id: str | None, leg_id: str | None, kind: str, data: dict[str, Any]
+    ) -> None:
+        async with self._sf() as db, db.begin():
+            incident = await db.get(Incident, incident_id) if incident_id is not None else None
+            await append_event(
+                db,
+                incident=incident,
+                leg_id=leg_id,
+                kind=kind,
+                data=data,
+                clock=self._clock,
+                source=self._node,
+            )
+
+    async def _record_leg(self, leg_id: str, kind: str, data: dict[str, Any]) -> None:
+        async with self._sf() as db:
+            incident_id = await db.scalar(sa.select(CallLeg.incident_id).where(CallLeg.id == leg_id))
+        if incident_id is None:
+            raise CommsError(f"leg {leg_id!r} is not known: cannot record {kind}")
+        await self._append(incident_id, leg_id, kind, data)
+
+    async def _mark_connected(self, c: _Caller, radiologist_leg: str, *, via: str) -> None:
+        assert c.incident_id is not None
+        async with self._sf() as db, db.begin():
+            done = await db.execute(
+                sa.update(Incident)
+                .where(Incident.id == c.incident_id, Incident.state == DbState.ACCEPTED)
+                .values(state=DbState.CONNECTED)
+                .execution_options(synchronize_session=False)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return
+            incident = await db.get(Incident, c.incident_id, populate_existing=True)
+            assert incident is not None
+            await append_event(
+                db,
+                incident=incident,
+                leg_id=None,
+                kind="incident.connected",
+                data={"via": via, "caller_leg": c.leg_id, "radiologist_leg": radiologist_leg},
+                clock=self._clock,
+                source=self._node,
+            )
+        c.log.info("incident connected: the technologist and the radiologist talk (%s)", via)
+
+    # -------------------------------------------------------------------------------------- lookups
+
+    async def _rooms(self) -> list[tuple[str, str | None]]:
+        async with self._sf() as db:
+            rows = (await db.execute(sa.select(Room.code, Room.sip_phone_uri).where(Room.active))).all()
+        return [(str(code), uri) for code, uri in rows]
+
+    @staticmethod
+    def _room_by_caller_id(caller: str, rooms: Sequence[tuple[str, str | None]]) -> str | None:
+        """The room whose phone's number (the user part of its SIP URI, as E.164) is the caller's number."""
+        try:
+            number = normalize_e164(caller)
+        except PhoneNumberError:
+            return None
+        found = []
+        for code, phone in rooms:
+            if phone is None:
+                continue
+            try:
+                user = URI.parse(phone).user
+                if user is not None and normalize_e164(user) == number:
+                    found.append(code)
+            except (SipError, PhoneNumberError):
+                continue
+        return found[0] if len(found) == 1 else None
+
+    async def _incident_state(self, incident_id: str) -> DbState:
+        async with self._sf() as db:
+            state = await db.scalar(sa.select(Incident.state).where(Incident.id == incident_id))
+        if state is None:
+            raise CommsError(f"incident {incident_id!r} vanished while a technologist was on hold")
+        return DbState(state)
+
+    async def _events(self, incident_id: str) -> list[Event]:
+        async with self._sf() as db:
+            return list(
+                (
+                    await db.scalars(
+                        sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq)
+                    )
+                ).all()
+            )
