@@ -8,15 +8,21 @@ bounded input buffer (:class:`FrameQueue`) of 20 ms frames of 48 kHz mono 16-bit
 of everybody else (mix-minus: nobody hears themselves), clipped to 16 bits. With two parties this is a plain
 cross-connect; with three or more (technologist on the phone, radiologist, room) it is a conference.
 
-:class:`AudioBridge` is the asyncio adapter: a 20 ms tick from the one :class:`~comms.clock.Clock`, scheduled
-at ``t0 + k × 20 ms`` so it does not drift, skipping (not bursting) after a stall. Inputs and outputs:
+:class:`AudioBridge` is the asyncio adapter. It mixes on the shared 20 ms :class:`~media.pacer.Pacer` of its
+clock (one timer for every bridge and bridged RTP session, at ``t0 + k × 20 ms`` so it does not drift,
+skipping, not bursting, after a stall), in the MIX stage: after the phone legs played out their frame and
+before they send. Inputs and outputs:
 
-* a WebRTC party is read from its aiortc track by a task (frames converted to 48 kHz mono on arrival) and
-  written through a :class:`BridgeTrack`, a ``MediaStreamTrack`` that hands aiortc one mixed frame per tick;
-* a phone party is an :class:`~media.session.RtpSession`: the session's own 20 ms tick pulls the next frame
-  to send from us and hands us each received frame (decoded G.711, 8 kHz); :class:`Resampler` converts
-  8 kHz ↔ 48 kHz with a windowed-sinc polyphase FIR in numpy (121 taps at 48 kHz, 1.25 ms group delay, no
-  extra buffering), so a conversion never adds more than that.
+* a WebRTC party's Opus packets come from an :class:`~media.webrtc.EncodedAudioTap` on its aiortc receiver and
+  are decoded on arrival by :class:`OpusDecoder` (mono, on the event loop: no decoder thread, no reader task);
+  without a tap a task reads the decoded track. What the party hears goes out through a :class:`BridgeTrack`,
+  which hands aiortc's sender one frame per tick already encoded by :class:`OpusEncoder` (``opus=True``, what
+  the gateway uses) or as PCM;
+* a phone party is an :class:`~media.session.RtpSession` moved onto the same pacer
+  (:meth:`~media.session.RtpSession.pace_with`): it hands us each received frame (decoded G.711, 8 kHz) and
+  takes the next frame to send from us; :class:`Resampler` converts 8 kHz ↔ 48 kHz with a windowed-sinc
+  polyphase FIR in numpy (121 taps at 48 kHz, 1.25 ms group delay, no extra buffering), so a conversion never
+  adds more than that.
 
 Latency is bounded by design: each input buffer plays out as soon as it holds one frame (prefetch 1) and
 never holds more than ``max_frames`` (the oldest frame is dropped beyond, counted as ``dropped``), so a burst
@@ -47,10 +53,12 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from comms.clock import Clock, TimerHandle
+from comms.clock import Clock
 from media import audio
 from media.errors import MediaError
+from media.pacer import Pacer, Stage
 from media.session import RtpSession
+from media.webrtc import EncodedAudioTap, encoded_audio
 
 __all__ = [
     "FRAME_S",
@@ -78,6 +86,7 @@ NARROW_RATE = audio.RATE
 NARROW_FRAME = audio.SAMPLES_PER_FRAME
 MAX_CATCH_UP = 5
 Pcm = npt.NDArray[np.int16]
+_TIME_BASE = fractions.Fraction(1, WIDE_RATE)
 
 
 def _design_lowpass(taps: int, cutoff_hz: float, rate: int) -> npt.NDArray[np.float64]:
@@ -90,31 +99,61 @@ _FIR = _design_lowpass(121, 3600.0, WIDE_RATE)
 _RATIO = WIDE_RATE // NARROW_RATE
 
 
+def _up_matrix() -> npt.NDArray[np.float64]:
+    # polyphase form of "insert 5 zeros after each sample, then filter": output 6m+p is a dot product of the
+    # 21 narrow samples ending at m with every 6th tap, so no multiplications by the inserted zeros
+    rev = _FIR[::-1]
+    w = np.zeros((_UP_WIN, _RATIO), dtype=np.float64)
+    for p in range(_RATIO):
+        j0, c = (_RATIO - p) % _RATIO, 1 if p else 0
+        for t in range((_FIR.size - 1 - j0) // _RATIO + 1):
+            w[c + t, p] = rev[j0 + _RATIO * t] * _RATIO
+    return w
+
+
+_UP_WIN = (_FIR.size - 1) // _RATIO + 1  # 21 narrow samples reach one wide output
+_UP = _up_matrix()
+_DOWN = np.ascontiguousarray(_FIR[::-1])
+
+
 class Resampler:
-    """8 kHz ↔ 48 kHz for 20 ms frames, stateful (filter history carried across frames)."""
+    """8 kHz ↔ 48 kHz for 20 ms frames, stateful (filter history carried across frames).
+
+    Polyphase: downsampling computes only the 160 outputs kept (a 160×121 window times the taps), upsampling
+    never multiplies the inserted zeros (a 160×21 window times a 21×6 matrix). One matrix product per frame.
+    """
 
     def __init__(self, direction: str) -> None:
         if direction not in ("down", "up"):
             raise ValueError(f"resampler direction {direction!r}: expected 'down' or 'up'")
         self.direction = direction
-        self._hist = np.zeros(_FIR.size - 1, dtype=np.float64)
+        hist = _FIR.size - 1 if direction == "down" else _UP_WIN - 1
+        self._buf = np.zeros(hist + (WIDE_FRAME if direction == "down" else NARROW_FRAME), dtype=np.float64)
+        self._hist = hist
+        # views on the buffer, made once (making a window view costs more than the product itself)
+        if direction == "down":
+            self._win = np.lib.stride_tricks.sliding_window_view(self._buf, _FIR.size)[::_RATIO]
+        else:
+            self._win = np.lib.stride_tricks.sliding_window_view(self._buf, _UP_WIN)
+        self._out = np.empty(NARROW_FRAME if direction == "down" else WIDE_FRAME, dtype=np.float64)
 
     def process(self, samples: Pcm) -> Pcm:
+        buf, hist = self._buf, self._hist
         if self.direction == "down":
             if samples.size != WIDE_FRAME:
                 raise MediaError(f"downsampling a frame of {samples.size} samples: expected {WIDE_FRAME}")
-            x = samples.astype(np.float64)
+            buf[hist:] = samples
+            y = np.matmul(self._win, _DOWN, out=self._out)
         else:
             if samples.size != NARROW_FRAME:
                 raise MediaError(f"upsampling a frame of {samples.size} samples: expected {NARROW_FRAME}")
-            x = np.zeros(WIDE_FRAME, dtype=np.float64)
-            x[::_RATIO] = samples.astype(np.float64) * _RATIO
-        buf = np.concatenate([self._hist, x])
-        self._hist = buf[-(_FIR.size - 1) :]
-        y = np.convolve(buf, _FIR, mode="valid")  # exactly len(x) outputs
-        if self.direction == "down":
-            y = y[::_RATIO]
-        return np.asarray(np.clip(np.rint(y), -32768, 32767), dtype=np.int16)
+            buf[hist:] = samples
+            np.matmul(self._win, _UP, out=self._out.reshape(NARROW_FRAME, _RATIO))
+            y = self._out
+        buf[:hist] = buf[-hist:]
+        np.rint(y, out=y)
+        np.clip(y, -32768, 32767, out=y)
+        return y.astype(np.int16)
 
 
 @dataclass
@@ -188,8 +227,13 @@ class Party:
     queue: FrameQueue = field(default_factory=FrameQueue)
     frames_out: int = 0
     last_in_mono: float | None = None
-    level_dbfs: float = audio.FLOOR_DBFS
     on_mix: Callable[[Pcm], None] | None = None
+    #: the last frame received: its level is computed when asked (once a second), not for every frame
+    last_frame: Pcm | None = None
+
+    @property
+    def level_dbfs(self) -> float:
+        return audio.energy_dbfs(self.last_frame) if self.last_frame is not None else audio.FLOOR_DBFS
 
     def stats(self) -> PartyStats:
         return PartyStats(
@@ -202,6 +246,10 @@ class Party:
             self.last_in_mono,
             self.level_dbfs,
         )
+
+
+_SILENCE = np.zeros(WIDE_FRAME, dtype=np.int16)
+_SILENCE.flags.writeable = False
 
 
 class Mixer:
@@ -224,12 +272,18 @@ class Mixer:
             return
         party.queue.put(samples)
         party.last_in_mono = now
-        party.level_dbfs = audio.energy_dbfs(samples)
+        party.last_frame = samples
 
     def mix(self) -> dict[str, Pcm]:
-        """One tick: each party's output frame (what everybody else said)."""
+        """One tick: each party's output frame (what everybody else said). Output frames are read-only."""
+        parties = self.parties
+        if len(parties) == 2:
+            # the common case, a cross-connect: each hears the other's frame as it is (no sum, no clipping)
+            (a, pa), (b, pb) = parties.items()
+            fa, fb = pa.queue.pop(), pb.queue.pop()
+            return {a: _SILENCE if fb is None else fb, b: _SILENCE if fa is None else fa}
         inputs: dict[str, npt.NDArray[np.int32]] = {}
-        for pid, party in self.parties.items():
+        for pid, party in parties.items():
             frame = party.queue.pop()
             if frame is not None:
                 inputs[pid] = frame.astype(np.int32)
@@ -237,11 +291,89 @@ class Mixer:
         for frame32 in inputs.values():
             total += frame32
         out: dict[str, Pcm] = {}
-        for pid in self.parties:
+        for pid in parties:
             mine = inputs.get(pid)
             mixed = total - mine if mine is not None else total
             out[pid] = np.clip(mixed, -32768, 32767).astype(np.int16)
         return out
+
+
+OPUS_BITRATE = 48000
+OPUS_COMPLEXITY = 5  # libopus 0–10
+#: CELT only ("restricted low delay"): 2.5 ms look-ahead instead of 6.5 ms, and measured here 1.5–3× cheaper
+#: to encode than "voip" (SILK/hybrid) at the same complexity; fullband, ample for speech at 48 kb/s
+OPUS_APPLICATION = "lowdelay"
+
+
+class OpusEncoder:
+    """Mono 48 kHz Opus, 20 ms per packet, encoded on the event loop.
+
+    aiortc's own sender encodes in a thread pool (one ``run_in_executor`` per frame) from stereo after a
+    resampler; we hand it the encoded packet instead (its ``pack()`` path), which saves the thread hop, the
+    stereo encode and the audio-level scan.
+    """
+
+    def __init__(
+        self,
+        bitrate: int = OPUS_BITRATE,
+        complexity: int = OPUS_COMPLEXITY,
+        application: str = OPUS_APPLICATION,
+    ) -> None:
+        codec: Any = av.CodecContext.create("libopus", "w")
+        codec.bit_rate = bitrate
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = WIDE_RATE
+        codec.time_base = _TIME_BASE
+        codec.options = {"application": application, "compression_level": str(complexity)}
+        self._codec = codec
+        self._pts = 0
+
+    def encode(self, samples: Pcm) -> list[bytes]:
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = WIDE_RATE
+        frame.pts = self._pts
+        frame.time_base = _TIME_BASE
+        self._pts += samples.size
+        return [bytes(p) for p in self._codec.encode(frame)]
+
+
+class OpusDecoder:
+    """Opus packets to 48 kHz mono 20 ms frames, decoded on the event loop (see :class:`EncodedAudioTap`)."""
+
+    def __init__(self) -> None:
+        codec: Any = av.CodecContext.create("libopus", "r")
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = WIDE_RATE
+        self._codec = codec
+        self._pending: Pcm | None = None
+        self.errors = 0
+
+    def decode(self, data: bytes) -> list[Pcm]:
+        try:
+            frames = self._codec.decode(av.Packet(data))
+        except av.FFmpegError as exc:
+            self.errors += 1
+            if self.errors == 1:
+                log.info("undecodable Opus packet (%d bytes): %s", len(data), exc)
+            return []
+        if len(frames) == 1 and self._pending is None:
+            samples: Pcm = frames[0].to_ndarray().reshape(-1)
+            if samples.size == WIDE_FRAME:
+                return [samples]
+        else:
+            samples = (
+                np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+                if frames
+                else np.zeros(0, dtype=np.int16)
+            )
+        # packets of another duration (10, 40, 60 ms): re-cut into 20 ms frames
+        if self._pending is not None:
+            samples = np.concatenate([self._pending, samples])
+        n = samples.size // WIDE_FRAME
+        self._pending = samples[n * WIDE_FRAME :] if samples.size % WIDE_FRAME else None
+        return [samples[i * WIDE_FRAME : (i + 1) * WIDE_FRAME] for i in range(n)]
 
 
 def frame_to_wide(frame: av.AudioFrame, resampler: list[av.AudioResampler]) -> list[Pcm]:
@@ -265,40 +397,52 @@ class BridgeTrack(MediaStreamTrack):
     """An audio track aiortc sends: one mixed 20 ms frame per bridge tick.
 
     Between the mixer's tick and aiortc's sender sits a :class:`FrameQueue` (bounded, trimmed), so a moment when
-    the encoder lagged does not become a standing delay.
+    the encoder lagged does not become a standing delay. With ``encode=True`` (what the gateway uses; the
+    connection must negotiate Opus, see :func:`media.webrtc.prefer_opus`) ``recv()`` returns the frame already
+    Opus-encoded as an ``av.Packet``, which aiortc's sender packetises as it is; otherwise an ``AudioFrame``.
     """
 
     kind = "audio"
 
-    def __init__(self, max_frames: int = 3) -> None:
+    def __init__(self, max_frames: int = 3, *, encode: bool = False) -> None:
         super().__init__()
         self.queue = FrameQueue(max_frames=max_frames)
         self._ready = asyncio.Event()
         self._pts = 0
+        self._encoder = OpusEncoder() if encode else None
+        self._packets: deque[bytes] = deque()
 
     def feed(self, samples: Pcm) -> None:
         self.queue.put(samples)
-        self._ready.set()
+        if not self._ready.is_set():
+            self._ready.set()
 
     def stop(self) -> None:
         super().stop()
         self._ready.set()
 
-    async def recv(self) -> av.AudioFrame:
-        while True:
+    async def recv(self) -> Any:
+        while not self._packets:
             if self.readyState != "live":
                 raise MediaStreamError
             samples = self.queue.pop() if self.queue.frames else None
-            if samples is not None:
-                break
-            self._ready.clear()
-            await self._ready.wait()
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = WIDE_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, WIDE_RATE)
-        self._pts += samples.size
-        return frame
+            if samples is None:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            if self._encoder is None:
+                frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+                frame.sample_rate = WIDE_RATE
+                frame.pts = self._pts
+                frame.time_base = _TIME_BASE
+                self._pts += samples.size
+                return frame
+            self._packets.extend(self._encoder.encode(samples))
+        packet = av.Packet(self._packets.popleft())
+        packet.pts = self._pts
+        packet.time_base = _TIME_BASE
+        self._pts += WIDE_FRAME
+        return packet
 
 
 def attach_rtp(
@@ -369,13 +513,16 @@ class _PhonePort:
 class AudioBridge:
     """Runs the mixer every 20 ms and moves audio between aiortc tracks, RTP sessions and the mixer."""
 
-    def __init__(self, clock: Clock, *, name: str = "bridge") -> None:
+    def __init__(self, clock: Clock, *, name: str = "bridge", opus: bool = False) -> None:
         self.clock = clock
         self.name = name
+        #: WebRTC outputs are Opus-encoded by us (the connections must negotiate Opus only)
+        self.opus = opus
+        self._taps: dict[str, EncodedAudioTap] = {}
         self.mixer = Mixer()
-        self._timer: TimerHandle | None = None
-        self._t0 = 0.0
-        self._k = 0
+        #: the shared 20 ms tick (media.pacer): phone legs joined here play out before and send after the mix
+        self.pacer = Pacer.of(clock)
+        self._leave: Callable[[], None] | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tracks: dict[str, BridgeTrack] = {}
         self._detach: dict[str, Callable[[], None]] = {}
@@ -385,17 +532,15 @@ class AudioBridge:
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._timer is not None or self.closed:
+        if self._leave is not None or self.closed:
             return
-        self._t0 = self.clock.monotonic()
-        self._k = 0
-        self._timer = self.clock.call_later(0.0, self._tick)
+        self._leave = self.pacer.join(Stage.MIX, self._mix_frame)
 
     async def close(self) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._leave is not None:
+            self._leave()
+            self._leave = None
         for pid in list(self.mixer.parties):
             self.remove(pid)
         tasks = list(self._tasks.values())
@@ -408,7 +553,7 @@ class AudioBridge:
     # --- parties -----------------------------------------------------------------------------------------------
     def add_webrtc(self, party_id: str, kind: str, inbound: MediaStreamTrack | None) -> BridgeTrack:
         """Add a WebRTC party: ``inbound`` (their microphone) is read into the mix; send the returned track."""
-        out = BridgeTrack()
+        out = BridgeTrack(encode=self.opus)
         party = Party(party_id, kind, on_mix=out.feed)
         self.mixer.add(party)
         self._tracks[party_id] = out
@@ -425,16 +570,34 @@ class AudioBridge:
         old = self._tracks.get(party_id)
         if old is not None:
             old.stop()
-        out = BridgeTrack()
+        out = BridgeTrack(encode=self.opus)
         party.on_mix = out.feed
         self._tracks[party_id] = out
         return out
 
     def set_inbound(self, party_id: str, inbound: MediaStreamTrack) -> None:
-        """(Re)connect the track a WebRTC party's audio comes from (after a reconnect)."""
+        """(Re)connect the track a WebRTC party's audio comes from (after a reconnect).
+
+        When the track's receiver has an :class:`~media.webrtc.EncodedAudioTap`, its Opus packets are decoded
+        here as they arrive (no decoder thread, no task per party); otherwise a task reads the decoded track.
+        """
         old = self._tasks.pop(party_id, None)
         if old is not None:
             old.cancel()
+        old_tap = self._taps.pop(party_id, None)
+        if old_tap is not None:
+            old_tap.sink = None
+        tap = encoded_audio(inbound)
+        if tap is not None:
+            decoder = OpusDecoder()
+
+            def sink(data: bytes) -> None:
+                for chunk in decoder.decode(data):
+                    self._push(party_id, chunk)
+
+            tap.sink = sink
+            self._taps[party_id] = tap
+            return
         self._tasks[party_id] = asyncio.get_running_loop().create_task(
             self._read(party_id, inbound), name=f"{self.name}:{party_id}"
         )
@@ -448,6 +611,7 @@ class AudioBridge:
         self._detach[party_id] = attach_rtp(session, port.on_received, port.next_to_send)
         self._rtp_packets[party_id] = (session, session.stats.packets_received)
         self.start()
+        session.pace_with(self.pacer)
 
     def add_pcm(self, party_id: str, on_mix: Callable[[Pcm], None]) -> None:
         """A party fed by :meth:`push_pcm` and heard through ``on_mix`` (benches and tests)."""
@@ -462,6 +626,9 @@ class AudioBridge:
         task = self._tasks.pop(party_id, None)
         if task is not None:
             task.cancel()
+        tap = self._taps.pop(party_id, None)
+        if tap is not None:
+            tap.sink = None
         track = self._tracks.pop(party_id, None)
         if track is not None:
             track.stop()
@@ -503,25 +670,13 @@ class AudioBridge:
         except Exception:
             log.exception("[%s] reading audio of %s failed", self.name, party_id)
 
-    def _tick(self) -> None:
-        self._timer = None
+    def _mix_frame(self, frame: int, now: float) -> None:
         if self.closed:
             return
-        now = self.clock.monotonic()
-        due = int((now - self._t0) / FRAME_S + 1e-6)
-        if due - self._k >= MAX_CATCH_UP:
-            log.info("[%s] mixer stalled %.0f ms: skipping", self.name, (due - self._k) * FRAME_S * 1000)
-            self._k = due
-        try:
-            while self._k <= due:
-                self._k += 1
-                self.ticks += 1
-                for pid, samples in self.mixer.mix().items():
-                    party = self.mixer.parties[pid]
-                    party.frames_out += 1
-                    if party.on_mix is not None:
-                        party.on_mix(samples)
-        except Exception:
-            log.exception("[%s] mixer tick failed", self.name)
-        finally:
-            self._timer = self.clock.call_later(self._t0 + self._k * FRAME_S - now, self._tick)
+        self.ticks += 1
+        parties = self.mixer.parties
+        for pid, samples in self.mixer.mix().items():
+            party = parties[pid]
+            party.frames_out += 1
+            if party.on_mix is not None:
+                party.on_mix(samples)

@@ -35,6 +35,7 @@ from media import audio
 from media.bridge import NARROW_FRAME, AudioBridge, BridgeTrack, Pcm, Resampler
 from media.errors import MediaError
 from media.supervision import Alarm, PartySample, Sample, Supervision
+from media.turn import TurnRest
 from media.webrtc import ConsoleSession, IceServer, PassThroughVideoTrack, RoomSession
 
 __all__ = ["MediaEvidence", "MediaGateway", "Room", "StreamLeg"]
@@ -124,8 +125,12 @@ class MediaGateway:
         loss_after_s: float = 3.0,
         quality_every_s: float = 5.0,
         video_passthrough: bool = True,
+        turn: TurnRest | None = None,
     ) -> None:
         self.clock = clock
+        #: TURN servers with short-lived credentials minted per page load (media/turn.py); None: only the
+        #: ``ice_servers`` as given
+        self.turn = turn
         #: forward the room camera's encoded VP8 to consoles (False: decode and re-encode per console)
         self.video_passthrough = video_passthrough
         self.ice_servers = tuple(ice_servers)
@@ -143,11 +148,19 @@ class MediaGateway:
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def ice_servers_for(self, user: str) -> tuple[IceServer, ...]:
+        """The ICE servers for one connection of ``user`` (a person id, ``room-<code>``, ``gateway``): the
+        configured ones plus, with ``turn``, its TURN URLs with a credential minted now. Never the secret."""
+        if self.turn is None:
+            return self.ice_servers
+        cred = self.turn.credential(user, self.clock.now().timestamp())
+        return (*self.ice_servers, IceServer(self.turn.urls, cred.username, cred.credential))
+
     # --- rooms ---------------------------------------------------------------------------------------------------
     def room(self, code: str) -> Room:
         room = self.rooms.get(code)
         if room is None:
-            bridge = AudioBridge(self.clock, name=f"room {code}")
+            bridge = AudioBridge(self.clock, name=f"room {code}", opus=True)
 
             def on_audio(track: MediaStreamTrack) -> MediaStreamTrack:
                 if "room" not in bridge.mixer.parties:
@@ -174,14 +187,20 @@ class MediaGateway:
 
     async def room_offer(self, room_code: str, offer_sdp: str) -> str:
         """The tablet of ``room_code`` (re)connects: answer its offer."""
-        return await self.room(room_code).session.accept_offer(offer_sdp)
+        session = self.room(room_code).session
+        session.ice_servers = self.ice_servers_for("gateway")
+        return await session.accept_offer(offer_sdp)
 
     async def console_offer(self, room_code: str, person_id: str, offer_sdp: str) -> tuple[str, str]:
         """A radiologist's browser joins ``room_code``: returns ``(console_id, answer_sdp)``."""
         room = self.room(room_code)
         console_id = new_id()
         console = ConsoleSession(
-            console_id, person_id, self.clock, self.ice_servers, passthrough=self.video_passthrough
+            console_id,
+            person_id,
+            self.clock,
+            self.ice_servers_for("gateway"),
+            passthrough=self.video_passthrough,
         )
         party = f"browser:{console_id}"
         out = room.bridge.add_webrtc(party, "browser", None)

@@ -15,6 +15,10 @@ advance with real time) instead of being sent in a burst. Each tick:
 * checks inactivity: no packet for ``inactivity_timeout`` seconds while the peer should send gives
   :class:`MediaInactive`; the next packet gives :class:`MediaRestored`.
 
+A session joined to an audio bridge leaves its own timer for the shared :class:`~media.pacer.Pacer`
+(:meth:`RtpSession.pace_with`): one timer for every session and bridge, the receive half of each frame before
+the bridges mix and the send half after.
+
 Symmetric RTP: we send to the SDP address until the first packet arrives, then to the packet's source (latched
 once per remote SDP address; an update with a new address re-arms the latch). Packets from any source are
 accepted.
@@ -44,6 +48,7 @@ from media import audio
 from media.dtmf import DtmfReceiver, PlannedPacket, plan_digit
 from media.errors import MediaError, RtpParseError
 from media.jitter import JitterBuffer
+from media.pacer import Pacer, Stage
 from media.rtp import ReceptionStats, RtpPacket, RtpSender
 from media.sdp import NegotiatedMedia
 
@@ -181,6 +186,8 @@ class RtpSession:
         self._t0 = 0.0
         self._k = 0  # next frame index to process
         self._timer: TimerHandle | None = None
+        self._paced: tuple[Callable[[], None], ...] = ()  # leave functions while on a shared Pacer
+        self._pace_offset = 0
         self._marker_next = True
         self._playbacks: deque[_Playback] = deque()
         self._digits: deque[_DigitOut] = deque()
@@ -272,6 +279,9 @@ class RtpSession:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for leave in self._paced:
+            leave()
+        self._paced = ()
         self._transport.close()
         self.stop_recording()
         futures = [p.future for p in self._playbacks] + [d.future for d in self._digits]
@@ -346,7 +356,40 @@ class RtpSession:
         finally:
             self._schedule(self._t0 + self._k * FRAME_S - now)
 
+    def pace_with(self, pacer: Pacer) -> None:
+        """Run this session's 20 ms frames on a shared :class:`~media.pacer.Pacer` instead of its own timer.
+
+        The session plays out its received frame at the pacer's ``RECEIVE`` stage (before the bridges mix) and
+        sends at ``SEND`` (after), so a bridge adds no tick phase of its own. Frame numbering (RTP timestamps)
+        continues; the send phase moves once by less than one frame. Idempotent.
+        """
+        if self.state != "running":
+            raise MediaError(f"cannot pace an RTP session in state {self.state}: expected running")
+        if self._paced:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        leave_rx = pacer.join(Stage.RECEIVE, self._paced_receive)
+        leave_tx = pacer.join(Stage.SEND, self._paced_send)
+        self._paced = (leave_rx, leave_tx)
+        self._pace_offset = self._k - pacer.frame
+
+    def _paced_receive(self, frame: int, now: float) -> None:
+        if self.state == "running":
+            self._receive_frame(now)
+
+    def _paced_send(self, frame: int, now: float) -> None:
+        if self.state == "running":
+            k = frame + self._pace_offset
+            self._k = k + 1
+            self._send_frame(k)
+
     def _frame(self, k: int, now: float) -> None:
+        self._send_frame(k)
+        self._receive_frame(now)
+
+    def _send_frame(self, k: int) -> None:
         media = self._media
         assert media is not None
         ts = k * audio.SAMPLES_PER_FRAME
@@ -357,6 +400,10 @@ class RtpSession:
                 self._send(media.payload_type, ts, audio.encode(media.codec, self._next_audio()))
         else:
             self._next_audio()  # prompt time runs on while we may not send
+
+    def _receive_frame(self, now: float) -> None:
+        media = self._media
+        assert media is not None
         if media.receives:
             payload = self._jb.pop()
             samples = (

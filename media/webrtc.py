@@ -26,6 +26,9 @@ Latency seam: aiortc 1.16 builds ``JitterBuffer(capacity=16, prefetch=4)`` insid
 audio, which holds four 20 ms frames before releasing one and stalls up to 16 packets behind a lost one.
 :func:`low_latency_audio` swaps that private buffer for :class:`PassThroughAudioBuffer` (each Opus packet is
 a whole frame: released at once, late ones dropped); the bridge's own small bounded buffer absorbs jitter.
+:class:`EncodedAudioTap` then takes the encoded Opus frames before aiortc's per-receiver decoder thread, so
+the bridge decodes them on the loop (mono), and the bridge sends Opus it encoded itself: both connections
+negotiate Opus only (:func:`prefer_opus`). See docs/decisions/0042-gateway-capacity.md.
 ``tests/gateway/test_webrtc_seam.py`` pins the aiortc version's attribute so an upgrade that moves it fails.
 """
 
@@ -36,6 +39,7 @@ import contextlib
 import fractions
 import logging
 import queue
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,13 +66,17 @@ from media.errors import MediaError
 
 __all__ = [
     "ConsoleSession",
+    "EncodedAudioTap",
     "IceServer",
     "PassThroughAudioBuffer",
     "RoomSession",
     "SwitchableVideoTrack",
     "VideoMonitor",
+    "encoded_audio",
     "low_latency_audio",
+    "prefer_opus",
     "rtc_configuration",
+    "tap_encoded_audio",
 ]
 
 log = logging.getLogger(__name__)
@@ -131,6 +139,57 @@ def low_latency_audio(receiver: RTCRtpReceiver) -> bool:
 
 
 _DQ_ATTR = "_RTCRtpReceiver__decoder_queue"
+
+
+class EncodedAudioTap(queue.Queue[Any]):
+    """An audio receiver's encoded Opus frames, handed to ``sink`` on the event loop instead of aiortc's decoder.
+
+    aiortc 1.16 decodes every received audio packet in a thread per receiver (stereo), and posts each decoded
+    frame back to the loop with ``run_coroutine_threadsafe``: per 20 ms frame a thread hop, a coroutine, a
+    future and a track task wake-up. The bridge decodes mono on the loop instead (:class:`media.bridge.
+    OpusDecoder`). Installed in place of the receiver's private ``__decoder_queue`` before the receiver starts
+    (pinned by a test); with no ``sink`` (or another codec) the frame goes to aiortc's decoder as before, and
+    the end marker (None) always does, so the decoder thread still stops.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sink: Callable[[bytes], None] | None = None
+        self.frames = 0
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        sink = self.sink
+        if item is not None and sink is not None and item[0].name == "opus":
+            self.frames += 1
+            sink(item[1].data)
+            return
+        super().put(item, block, timeout)
+
+
+_AUDIO_TAPS: weakref.WeakKeyDictionary[MediaStreamTrack, EncodedAudioTap] = weakref.WeakKeyDictionary()
+
+
+def tap_encoded_audio(receiver: RTCRtpReceiver) -> EncodedAudioTap | None:
+    """Install an :class:`EncodedAudioTap` on an audio receiver that has not started; None if the seam moved."""
+    current = getattr(receiver, _DQ_ATTR, None)
+    if not (isinstance(current, queue.Queue) and current.empty() and receiver.track is not None):
+        log.warning("aiortc receiver has no empty %s: audio is decoded by aiortc's thread", _DQ_ATTR)
+        return None
+    tap = EncodedAudioTap()
+    setattr(receiver, _DQ_ATTR, tap)
+    _AUDIO_TAPS[receiver.track] = tap
+    return tap
+
+
+def encoded_audio(track: MediaStreamTrack) -> EncodedAudioTap | None:
+    """The tap installed on the receiver of ``track`` (a received audio track), if any."""
+    return _AUDIO_TAPS.get(track)
+
+
+def prefer_opus(transceiver: RTCRtpTransceiver) -> None:
+    """Negotiate Opus only on an audio transceiver (the bridge sends Opus it encoded itself)."""
+    codecs = RTCRtpSender.getCapabilities("audio").codecs
+    transceiver.setCodecPreferences([c for c in codecs if c.mimeType == "audio/opus"])
 
 
 def _is_vp8_keyframe(data: bytes) -> bool:
@@ -398,6 +457,13 @@ async def sample_stats(pc: RTCPeerConnection) -> dict[str, Any]:
     return out
 
 
+def _audio_seams(transceiver: RTCRtpTransceiver) -> None:
+    # our receive buffer and decoder on the way in, our Opus encoder on the way out (see media.bridge)
+    low_latency_audio(transceiver.receiver)
+    tap_encoded_audio(transceiver.receiver)
+    prefer_opus(transceiver)
+
+
 class RoomSession:
     """The server side of one room tablet's WebRTC session (replaced connection by connection)."""
 
@@ -450,7 +516,7 @@ class RoomSession:
             if track.kind == "audio":
                 for transceiver in pc.getTransceivers():
                     if transceiver.receiver.track is track:
-                        low_latency_audio(transceiver.receiver)
+                        _audio_seams(transceiver)
                 self.audio_in = track
                 outbound.append(self._on_audio(track))
             elif track.kind == "video":
@@ -550,7 +616,7 @@ class ConsoleSession:
             if track.kind == "audio":
                 for transceiver in pc.getTransceivers():
                     if transceiver.receiver.track is track:
-                        low_latency_audio(transceiver.receiver)
+                        _audio_seams(transceiver)
                 self.audio_in = track
                 on_audio(track)
             else:

@@ -2,8 +2,10 @@
 
 Offer/answer in one POST each way (no trickle ICE: both ends gather candidates first). Routes:
 
-* ``GET /api/v1/rooms/{code}/media`` (the room's device token, or staff): ICE servers for the page, the
-  room's connection state and media alarms (the room page shows them).
+* ``GET /api/v1/rooms/{code}/media`` (the room's device token, or staff): ICE servers for the page (TURN
+  with a credential minted for this request when the gateway has a ``TurnRest``; never the shared secret), the
+  room's connection state and media alarms (the room page shows them). Both pages fetch it before every
+  (re)connect, so a reconnect never uses an expired credential.
 * ``POST /api/v1/rooms/{code}/media/offer`` (device token of *that* room): ``{"sdp"}`` → ``{"sdp"}``.
 * ``POST /api/v1/rooms/{code}/console/offer`` (staff session, radiologist or admin): ``{"sdp"}`` →
   ``{"console_id", "sdp"}``.
@@ -68,9 +70,10 @@ async def _sdp(request: web.Request) -> str:
     return sdp
 
 
-def _ice_json(gw: MediaGateway) -> list[dict[str, Any]]:
+def _ice_json(gw: MediaGateway, user: str) -> list[dict[str, Any]]:
+    # TURN credentials are minted for this request (short-lived, media/turn.py); the shared secret stays here
     out = []
-    for s in gw.ice_servers:
+    for s in gw.ice_servers_for(user):
         item: dict[str, Any] = {"urls": list(s.urls)}
         if s.username is not None:
             item.update(username=s.username, credential=s.credential)
@@ -84,7 +87,9 @@ async def media_status(request: web.Request) -> web.StreamResponse:
     if isinstance(principal, DevicePrincipal) and principal.room_code != code:
         raise ApiError(403, "wrong_room", f"this device token is for room {principal.room_code}, not {code}")
     gw = request.app[GATEWAY]
-    return json_response({"ice_servers": _ice_json(gw), **gw.room_status(code)})
+    # the TURN user label says who asked (coturn logs it); json_response is no-store: a fresh credential each time
+    user = principal.person_id if isinstance(principal, StaffPrincipal) else f"room-{code}"
+    return json_response({"ice_servers": _ice_json(gw, user), **gw.room_status(code)})
 
 
 async def room_offer(request: web.Request) -> web.StreamResponse:
