@@ -11,16 +11,17 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from comms import twilio_media
 from comms.clock import Clock, SystemClock
 from comms.db.engine import create_engine, migrate, session_factory
 from comms.twilio_web import build_twilio_app
 from comms.web import media_routes
 from comms.web.app import build_app
 from comms.web.context import WebServices
+from config.settings import Settings
 from escalation.channel import Channel
 from escalation.dialin import DialIn, DialInSettings, chain_accepted
 from escalation.onsite import SipAnnouncer
+from escalation.pager import PagerChannel, PagerSettings
 from escalation.runner import EscalationRunner
 from escalation.sip_channel import SipChannel
 from escalation.twilio_channel import (
@@ -30,14 +31,48 @@ from escalation.twilio_channel import (
     close_twilio_client,
     twilio_client,
 )
-from escalation.watchdog import Notifier, Watchdog
-from escalation.webhook_channel import WebhookChannel
+from escalation.twilio_dialin import TwilioDialIn
+from escalation.twilio_streams import StreamGrants, chain_twilio_accepted, room_stream_handler
+from escalation.watchdog import OpsContact, Watchdog
 from ivr.prompts import PromptRenderer
 from media.gateway import MediaGateway
+from media.turn import TurnRest
 from media.webrtc import IceServer
 from sip.ua import UaConfig, UserAgent
 
 log = logging.getLogger(__name__)
+
+
+def ice_settings(settings: Settings) -> tuple[tuple[IceServer, ...], TurnRest | None]:
+    """``AppConfig.ice_servers`` and ``AppConfig.turn`` from ``[ice]`` (STUN as is; TURN via its secret)."""
+    ice = settings.ice
+    stun = (IceServer(ice.stun_urls),) if ice.stun_urls else ()
+    if not ice.turn_urls or ice.turn_secret is None:
+        return stun, None
+    return stun, TurnRest(ice.turn_urls, ice.turn_secret, ice.turn_ttl_s)
+
+
+def pager_settings(settings: Settings) -> PagerSettings | None:
+    """The pager channel's settings from ``[pager]`` (``None`` when no pager gateway is configured)."""
+    p = settings.pager
+    if p is None:
+        return None
+    return PagerSettings(
+        wctp_url=p.wctp_url,
+        wctp_sender_id=p.wctp_sender_id,
+        wctp_security_code=p.wctp_security_code,
+        snpp_host=p.snpp_host,
+        snpp_port=p.snpp_port,
+        snpp_level=p.snpp_level,
+        snpp_login=p.snpp_login,
+        snpp_password=p.snpp_password,
+        smtp_host=p.smtp_host,
+        smtp_port=p.smtp_port,
+        smtp_from=p.smtp_from,
+        public_base_url=settings.http.public_base_url,
+        poll_s=p.poll_s,
+        timeout_s=p.timeout_s,
+    )
 
 
 @dataclass(frozen=True)
@@ -71,8 +106,12 @@ class AppConfig:
     twilio: TwilioSettings | None = None
     """Twilio voice and SMS channels; their webhooks listen on ``twilio_port`` (Twilio signs them)."""
     twilio_port: int = 0
+    pager: PagerSettings | None = None
+    """The pager channel (WCTP, SNPP, e-mail) for ``pager`` contacts; ``None``: no pager gateway."""
     ice_servers: tuple[IceServer, ...] = ()
     """STUN/TURN servers for the room and console WebRTC sessions (none: host candidates only)."""
+    turn: TurnRest | None = None
+    """TURN servers whose short-lived credentials are minted per page load from coturn's shared secret."""
 
 
 class CommsApp:
@@ -87,11 +126,12 @@ class CommsApp:
         self.runner: EscalationRunner | None = None
         self.watchdog: Watchdog | None = None
         self.dialin: DialIn | None = None
-        self._ops: WebhookChannel | None = None
         self.prompts: PromptRenderer | None = None
         self._web: web.AppRunner | None = None
         self._twilio_web: web.AppRunner | None = None
         self._twilio_client: object | None = None
+        self.twilio_dialin: TwilioDialIn | None = None
+        self._pager: PagerChannel | None = None
         self.gateway: MediaGateway | None = None
         self.http_port: int = config.http_port
         self.twilio_port: int = config.twilio_port
@@ -116,6 +156,7 @@ class CommsApp:
         self.gateway = MediaGateway(
             self.clock,
             ice_servers=cfg.ice_servers,
+            turn=cfg.turn,
             evidence=media_routes.db_evidence_sink(self.sessions, self.clock, source=cfg.node_id),
         )
         channel = SipChannel(
@@ -125,12 +166,18 @@ class CommsApp:
         channels: dict[str, Channel] = {channel.kind: channel}
         voice: TwilioVoiceChannel | None = None
         sms: TwilioSmsChannel | None = None
+        grants = StreamGrants(self.clock)
         if cfg.twilio is not None:
             self._twilio_client = client = twilio_client(cfg.twilio)
             voice = TwilioVoiceChannel(client, cfg.twilio, self.clock, self.sessions)
+            # an accepted radiologist on a Twilio call hears the room through a media stream
+            voice.on_accepted = room_stream_handler(self.gateway, grants, cfg.twilio.public_base_url)
             sms = TwilioSmsChannel(client, cfg.twilio, self.clock, self.sessions)
             channels[voice.kind] = voice
             channels[sms.kind] = sms
+        if cfg.pager is not None:
+            self._pager = PagerChannel(cfg.pager, self.clock)
+            channels[self._pager.kind] = self._pager
         self.runner = EscalationRunner(
             self.sessions,
             self.clock,
@@ -150,18 +197,36 @@ class CommsApp:
             self.ua.on_incoming(self.dialin.handle)
             # a technologist waiting on the line gets the radiologist first; otherwise the room's live session
             channel.on_accepted = chain_accepted(self.dialin.on_accepted, self.gateway.on_accepted)
+        if cfg.twilio is not None and cfg.twilio.dialin_number is not None and voice is not None:
+            self.twilio_dialin = tdi = TwilioDialIn(
+                self.sessions,
+                self.runner,
+                self._twilio_client,
+                cfg.twilio,
+                self.clock,
+                grants,
+                cfg.dialin,
+                node_id=cfg.node_id,
+                prompts=self.prompts,
+            )
+            # a technologist waiting on the Twilio number gets the radiologist first (a conference, or a stream
+            # bridged to the radiologist's SIP leg); otherwise the room
+            assert voice.on_accepted is not None
+            voice.on_accepted = chain_twilio_accepted(tdi.on_twilio_accepted, voice.on_accepted)
+            first = (self.dialin.on_accepted,) if self.dialin is not None else ()
+            channel.on_accepted = chain_accepted(*first, tdi.on_sip_accepted, self.gateway.on_accepted)
         if sms is not None:
             sms.attach(self.runner)
-        notify: Notifier | None = None
+        # the watchdog runs in a thread with its own engine and ops client: a stalled loop still raises it
+        ops = None
         if cfg.ops_webhook_url and cfg.webhook_secret:
-            self._ops = ops = WebhookChannel(self.clock, secret=cfg.webhook_secret, url=cfg.ops_webhook_url)
-            url = cfg.ops_webhook_url
-
-            async def notify(payload: dict[str, object]) -> object:
-                return await ops.post(url, dict(payload), key=f"ops:{cfg.node_id}:{payload.get('event')}")
-
+            ops = OpsContact(cfg.ops_webhook_url, cfg.webhook_secret)
         self.watchdog = Watchdog(
-            self.runner, self.clock, self.sessions, notify=notify, stale_after_s=cfg.watchdog_stale_s
+            self.runner,
+            self.clock,
+            database_url=cfg.database_url,
+            ops=ops,
+            stale_after_s=cfg.watchdog_stale_s,
         )
         self.watchdog.start()
         services = WebServices(
@@ -188,12 +253,9 @@ class CommsApp:
                 node_id=cfg.node_id,
                 voice=voice,
                 sms=sms,
-            )
-            hooks.router.add_get(
-                twilio_media.PATH,
-                twilio_media.media_stream_handler(
-                    self.gateway, cfg.twilio.auth_token, cfg.twilio.public_base_url
-                ),
+                dialin=self.twilio_dialin,
+                gateway=self.gateway,
+                grants=grants,
             )
             self._twilio_web = web.AppRunner(hooks, access_log=None)
             await self._twilio_web.setup()
@@ -214,12 +276,14 @@ class CommsApp:
             await self.watchdog.stop()
         if self.dialin is not None:
             await self.dialin.close()
+        if self.twilio_dialin is not None:
+            await self.twilio_dialin.close()
         if self.runner is not None:
             await self.runner.stop()
-        if self._ops is not None:
-            await self._ops.close()
         if self.gateway is not None:
             await self.gateway.close()
+        if self._pager is not None:
+            await self._pager.close()
         if self._twilio_client is not None:
             await close_twilio_client(self._twilio_client)
         if self.ua is not None:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from comms.app import AppConfig, CommsApp
+from comms.app import AppConfig, CommsApp, ice_settings, pager_settings
 from comms.errors import CommsError
 from config.loader import load
 from config.settings import Settings
@@ -41,7 +41,9 @@ def app_config(settings: Settings) -> AppConfig:
             from_number=settings.twilio.from_number,
             public_base_url=settings.http.public_base_url,
             api_base_url=settings.twilio.api_base_url,
+            dialin_number=settings.twilio.dialin_number,
         )
+    ice_servers, turn = ice_settings(settings)
     return AppConfig(
         database_url=settings.database.url,
         data_dir=settings.data.dir,
@@ -57,11 +59,19 @@ def app_config(settings: Settings) -> AppConfig:
         voice=settings.prompts.voice,
         safety_poll_s=settings.escalation.tick_safety_poll_s,
         node_id=settings.node.id,
+        lease_s=settings.node.lease_s,
+        node_dead_after_s=settings.node.dead_after_s,
+        watchdog_stale_s=settings.escalation.watchdog_stale_s,
+        ops_webhook_url=settings.ops.webhook_url,
+        webhook_secret=(settings.ops.webhook_secret or "").encode(),
         dialin=DialInSettings(
             users=frozenset(settings.dialin.users), fallback_number=settings.dialin.fallback_number
         ),
         twilio=twilio,
         twilio_port=settings.twilio.webhook_port if settings.twilio else 0,
+        pager=pager_settings(settings),
+        ice_servers=ice_servers,
+        turn=turn,
     )
 
 
@@ -72,8 +82,10 @@ def _settings(path: Path | None) -> Settings:
 async def _serve(config: AppConfig) -> int:
     app = CommsApp(config)
     await app.start()
+    assert app.ua is not None
+    sip_host, sip_port = app.ua.address("UDP")  # the real port when 0 was asked for
     print(
-        f"Contrast Comms is serving: {app.http_url}  (SIP {config.sip_host}:{config.sip_udp_port})",
+        f"Contrast Comms is serving: {app.http_url}  (SIP {sip_host}:{sip_port}, node {config.node_id})",
         flush=True,
     )
     stop = asyncio.Event()

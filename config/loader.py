@@ -41,9 +41,12 @@ from config.settings import (
     DialInConfig,
     EscalationSettings,
     HttpSettings,
+    IceConfig,
     LogSettings,
     MediaSettings,
     NodeSettings,
+    OpsSettings,
+    PagerConfig,
     PromptsSettings,
     SecuritySettings,
     Settings,
@@ -143,6 +146,28 @@ def _poll(value: float) -> float:
     return float(value)
 
 
+SECONDS = "1–300 seconds"
+
+
+def _seconds(value: float) -> float:
+    if not 1.0 <= value <= 300.0:
+        raise _Refused(SECONDS)
+    return float(value)
+
+
+def _webhook_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise _Refused("an http:// or https:// URL such as https://ops.example.org/hooks/comms")
+    return value
+
+
+def _webhook_secret(value: str) -> str:
+    if len(value) < 16:
+        raise _Refused("at least 16 characters (the HMAC-SHA256 key shared with the receiver)")
+    return value
+
+
 def _voice(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_+\-]{1,40}", value):
         raise _Refused("an espeak-ng voice name such as en-us")
@@ -185,6 +210,81 @@ def _account_sid(value: str) -> str:
 def _e164(value: str) -> str:
     if not re.fullmatch(r"\+[1-9][0-9]{6,14}", value):
         raise _Refused("an E.164 number such as +13125550100")
+    return value
+
+
+REMOTE_PORT = "1–65535"
+PAGER_TIMEOUT = "0.5–60 seconds"
+
+
+def _remote_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise _Refused(REMOTE_PORT)
+    return value
+
+
+def _gateway_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise _Refused(
+            "an http:// or https:// URL of the WCTP gateway, such as https://wctp.example.net/wctp"
+        )
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise _Refused("an http:// or https:// URL with a valid port") from exc
+    return value
+
+
+def _pager_word(value: str) -> str:
+    # sent inside an SNPP command line or a WCTP attribute: one word of printable ASCII
+    if not re.fullmatch(r"[!-~]{1,128}", value):
+        raise _Refused("1-128 printable ASCII characters without spaces")
+    return value
+
+
+def _snpp_level(value: int) -> int:
+    if value not in (1, 2, 3):
+        raise _Refused("1, 2 or 3 (RFC 1861 level; 3 is two-way)")
+    return value
+
+
+def _mail_from(value: str) -> str:
+    if not re.fullmatch(r"[^@\s<>,;]+@[A-Za-z0-9.\-]+", value):
+        raise _Refused("one e-mail address such as alerts@comms.example.org")
+    return value
+
+
+def _pager_timeout(value: float) -> float:
+    if not 0.5 <= value <= 60.0:
+        raise _Refused(PAGER_TIMEOUT)
+    return float(value)
+
+
+TURN_TTL = "60–604800 seconds (1 minute to 7 days)"
+
+
+def _ice_urls(scheme: tuple[str, ...], example: str) -> Callable[[list[str]], tuple[str, ...]]:
+    def check(value: list[str]) -> tuple[str, ...]:
+        for url in value:
+            rest = url.split(":", 1)[1] if url.startswith(scheme) else ""
+            host = rest.split("?", 1)[0].rsplit(":", 1)[0].strip("[]")
+            if not host or any(c.isspace() for c in url):
+                raise _Refused(f"a list of {' or '.join(scheme)} URLs such as {example!r}")
+        return tuple(value)
+
+    return check
+
+
+def _turn_secret(value: str) -> str:
+    if len(value) < 16:
+        raise _Refused("at least 16 characters (coturn's static-auth-secret)")
+    return value
+
+
+def _turn_ttl(value: int) -> int:
+    if not 60 <= value <= 604800:
+        raise _Refused(TURN_TTL)
     return value
 
 
@@ -237,6 +337,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "escalation": {
         "default_ring_timeout_s": Key("int", 30, _ring_timeout, hint=RING_TIMEOUT),
         "tick_safety_poll_s": Key("float", 1.0, _poll, hint=POLL),
+        "watchdog_stale_s": Key("float", 5.0, _seconds, hint=SECONDS),
     },
     "prompts": {"cache_dir": Key("path", DERIVED), "voice": Key("str", "en-us", _voice)},
     "security": {
@@ -244,7 +345,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cookie_secure": Key("bool", DERIVED),
     },
     "log": {"level": Key("str", "INFO", _level)},
-    "node": {"id": Key("str", "node-1", _node_id)},
+    "node": {
+        "id": Key("str", "node-1", _node_id),
+        "lease_s": Key("float", 15.0, _seconds, hint=SECONDS),
+        "dead_after_s": Key("float", 10.0, _seconds, hint=SECONDS),
+    },
+    "ops": {
+        "webhook_url": Key("str", None, _webhook_url, optional=True),
+        "webhook_secret": Key("str", None, _webhook_secret, optional=True),
+    },
     "dialin": {
         "users": Key("list", ["reaction"], _sip_users),
         "fallback_number": Key("str", "the code team", _nonempty),
@@ -255,6 +364,30 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "from_number": Key("str", None, _e164, optional=True),
         "api_base_url": Key("str", None, _base_url, optional=True),
         "webhook_port": Key("int", 0, _port, hint=PORT),
+        "dialin_number": Key("str", None, _e164, optional=True),
+    },
+    "ice": {
+        "stun_urls": Key("list", [], _ice_urls(("stun:",), "stun:turn.example.org:3478")),
+        "turn_urls": Key(
+            "list", [], _ice_urls(("turn:", "turns:"), "turns:turn.example.org:5349?transport=tcp")
+        ),
+        "turn_secret": Key("str", None, _turn_secret, optional=True),
+        "turn_ttl_s": Key("int", 86400, _turn_ttl, hint=TURN_TTL),
+    },
+    "pager": {
+        "wctp_url": Key("str", None, _gateway_url, optional=True),
+        "wctp_sender_id": Key("str", "contrast-comms", _pager_word),
+        "wctp_security_code": Key("str", None, _pager_word, optional=True),
+        "snpp_host": Key("str", None, _host, optional=True),
+        "snpp_port": Key("int", 444, _remote_port, hint=REMOTE_PORT),
+        "snpp_level": Key("int", 3, _snpp_level),
+        "snpp_login": Key("str", None, _pager_word, optional=True),
+        "snpp_password": Key("str", None, _pager_word, optional=True),
+        "smtp_host": Key("str", None, _host, optional=True),
+        "smtp_port": Key("int", 25, _remote_port, hint=REMOTE_PORT),
+        "smtp_from": Key("str", "alerts@localhost", _mail_from),
+        "poll_s": Key("float", 5.0, _poll, hint=POLL),
+        "timeout_s": Key("float", 10.0, _pager_timeout, hint=PAGER_TIMEOUT),
     },
 }
 
@@ -485,6 +618,7 @@ def _assemble(
         escalation=EscalationSettings(
             default_ring_timeout_s=val("escalation", "default_ring_timeout_s"),
             tick_safety_poll_s=val("escalation", "tick_safety_poll_s"),
+            watchdog_stale_s=val("escalation", "watchdog_stale_s"),
         ),
         prompts=PromptsSettings(
             cache_dir=val("prompts", "cache_dir") or data_dir / "prompts", voice=val("prompts", "voice")
@@ -496,10 +630,70 @@ def _assemble(
         ),
         log=LogSettings(level=val("log", "level")),
         source=path,
-        node=NodeSettings(id=val("node", "id")),
+        node=NodeSettings(
+            id=val("node", "id"), lease_s=val("node", "lease_s"), dead_after_s=val("node", "dead_after_s")
+        ),
+        ops=_ops(val, problems),
         dialin=DialInConfig(users=val("dialin", "users"), fallback_number=val("dialin", "fallback_number")),
         twilio=_twilio(val, problems),
+        pager=_pager(val, problems),
+        ice=_ice(val, problems),
     )
+
+
+def _ice(val: Callable[[str, str], Any], problems: list[str]) -> IceConfig:
+    urls, secret = val("ice", "turn_urls"), val("ice", "turn_secret")
+    if urls and secret is None:
+        problems.append(
+            "ice.turn_secret is unset but ice.turn_urls is set: expected coturn's static-auth-secret"
+        )
+    if secret is not None and not urls:
+        problems.append("ice.turn_secret is set but ice.turn_urls is empty: expected the TURN URLs it is for")
+    if bool(urls) != (secret is not None):
+        return IceConfig(stun_urls=val("ice", "stun_urls"))
+    return IceConfig(
+        stun_urls=val("ice", "stun_urls"),
+        turn_urls=urls,
+        turn_secret=secret,
+        turn_ttl_s=val("ice", "turn_ttl_s"),
+    )
+
+
+def _pager(val: Callable[[str, str], Any], problems: list[str]) -> PagerConfig | None:
+    gateways = {"wctp_url": val("pager", "wctp_url"), "snpp_host": val("pager", "snpp_host")}
+    gateways["smtp_host"] = val("pager", "smtp_host")
+    needs = {"wctp_security_code": "wctp_url", "snpp_login": "snpp_host", "snpp_password": "snpp_login"}
+    bad = False
+    for key, needed in needs.items():
+        if val("pager", key) is not None and val("pager", needed) is None:
+            problems.append(f"pager.{key} is set but pager.{needed} is unset: expected both, or neither")
+            bad = True
+    if bad or all(v is None for v in gateways.values()):
+        return None
+    return PagerConfig(
+        wctp_url=gateways["wctp_url"],
+        wctp_sender_id=val("pager", "wctp_sender_id"),
+        wctp_security_code=val("pager", "wctp_security_code"),
+        snpp_host=gateways["snpp_host"],
+        snpp_port=val("pager", "snpp_port"),
+        snpp_level=val("pager", "snpp_level"),
+        snpp_login=val("pager", "snpp_login"),
+        snpp_password=val("pager", "snpp_password"),
+        smtp_host=gateways["smtp_host"],
+        smtp_port=val("pager", "smtp_port"),
+        smtp_from=val("pager", "smtp_from"),
+        poll_s=val("pager", "poll_s"),
+        timeout_s=val("pager", "timeout_s"),
+    )
+
+
+def _ops(val: Callable[[str, str], Any], problems: list[str]) -> OpsSettings:
+    url, secret = val("ops", "webhook_url"), val("ops", "webhook_secret")
+    if (url is None) != (secret is None):
+        unset = "webhook_secret" if secret is None else "webhook_url"
+        problems.append(f"ops.{unset} is unset: expected ops.webhook_url and ops.webhook_secret together")
+        return OpsSettings()
+    return OpsSettings(webhook_url=url, webhook_secret=secret)
 
 
 def _twilio(val: Callable[[str, str], Any], problems: list[str]) -> TwilioConfig | None:
@@ -524,4 +718,5 @@ def _twilio(val: Callable[[str, str], Any], problems: list[str]) -> TwilioConfig
         from_number=number,
         api_base_url=val("twilio", "api_base_url"),
         webhook_port=val("twilio", "webhook_port"),
+        dialin_number=val("twilio", "dialin_number"),
     )

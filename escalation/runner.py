@@ -68,11 +68,13 @@ from comms.db.models import (
     Node,
     Outbox,
     Person,
+    PersonGroup,
+    PersonGroupMember,
     Room,
     Rotation,
 )
 from comms.db.types import Channel as ChannelKind
-from comms.db.types import Direction, Severity
+from comms.db.types import ContactKind, Direction, GroupPick, Severity
 from comms.errors import ValidationError
 from comms.ids import new_id, short_code
 from escalation.channel import AcceptResult, AnnounceOrder, Announcer, Channel, LegOrder
@@ -95,7 +97,7 @@ from escalation.model import (
     Target,
     Tier,
 )
-from escalation.oncall import RotationSpec, who_is_on_call
+from escalation.oncall import RotationSpec, pick_least_recent, who_is_on_call
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,10 @@ class EscalationRunner:
         self._kinds = frozenset(self._channels)
         self._wake = asyncio.Event()
         self._timer: TimerHandle | None = None
+        self._timer_at: dt.datetime | None = None
+        """When the loop's timer wakes it (``None`` while it is awake: it re-arms before it sleeps)."""
+        self._hint_at: dt.datetime | None = None
+        """A deadline made while the loop was awake (it may have read the next one before it was committed)."""
         self._loop_task: asyncio.Task[None] | None = None
         self._leg_tasks: dict[str, asyncio.Task[None]] = {}
         self._tick_lock = asyncio.Lock()
@@ -184,6 +190,24 @@ class EscalationRunner:
         """Ask for a tick as soon as possible."""
         self._wake.set()
 
+    def _wake_by(self, when: dt.datetime | None) -> None:
+        """Make sure the loop wakes up by ``when`` (a new deadline), without a tick now if it already will."""
+        if when is None:
+            return
+        if when <= self._clock.now():
+            self.wake()
+        elif self._timer_at is None:  # awake: it arms no later than this before it sleeps again
+            self._hint_at = when if self._hint_at is None else min(self._hint_at, when)
+        elif when < self._timer_at:
+            self._arm(when)
+
+    def _arm(self, when: dt.datetime) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        delay = max(0.0, (when - self._clock.now()).total_seconds())
+        self._timer = self._clock.call_later(delay, self._wake.set)
+
     async def _run(self) -> None:
         while True:
             try:
@@ -194,14 +218,16 @@ class EscalationRunner:
                 # The loop must never die: log, and try again at the safety poll.
                 log.exception("escalation tick failed; retrying in %.1f s", self._safety_poll_s)
                 nxt = None
-            delay = self._safety_poll_s
-            if nxt is not None:
-                delay = min(delay, max(0.0, (nxt - self._clock.now()).total_seconds()))
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._clock.call_later(delay, self._wake.set)
+            when = min(
+                t
+                for t in (self._clock.now() + dt.timedelta(seconds=self._safety_poll_s), nxt, self._hint_at)
+                if t is not None
+            )
+            self._hint_at = None
+            self._arm(when)
             await self._wake.wait()
             self._wake.clear()
+            self._timer_at = None
 
     async def _next_due(self) -> dt.datetime | None:
         async with self._sf() as s:
@@ -245,16 +271,41 @@ class EscalationRunner:
     # --------------------------------------------------------------------------------------------- intake
 
     async def raise_incident(self, *, room_code: str, severity: str, source: str) -> str:
-        """Create an incident for ``room_code`` and start paging at once; returns the incident id."""
+        """Create an incident for ``room_code`` and start paging at once; returns the incident id.
+
+        The incident, its ``incident.raised`` event *and* the first decision (first tier's legs, their events and
+        outbox rows) are one transaction: the alert goes out right after this commit, without waiting for the
+        loop's next tick. Should that first decision fail (a bug, never a valid input), the incident is raised
+        without it, due now, and the loop decides it: an alert is never lost to a decision error.
+        """
         try:
             sev = Severity(severity)
         except ValueError as exc:
             allowed = ", ".join(s.value for s in Severity)
             raise ValidationError(f"severity {severity!r} is not known: expected one of {allowed}") from exc
+        try:
+            # a runner with no channel (a controller that only raises) leaves deciding to the nodes that page
+            decide_now = bool(self._channels)
+            incident_id, rows, deadline = await self._raise(room_code, sev, source, decide_now=decide_now)
+        except ValidationError:
+            raise
+        except Exception:
+            log.exception(
+                "room %s: the first decision failed inside the raise; raising without it", room_code
+            )
+            incident_id, rows, deadline = await self._raise(room_code, sev, source, decide_now=False)
+        log.info("[incident=%s] raised for room %s, severity %s, by %s", incident_id, room_code, sev, source)
+        await self._send(rows)
+        self._wake_by(deadline)
+        return incident_id
+
+    async def _raise(
+        self, room_code: str, sev: Severity, source: str, *, decide_now: bool
+    ) -> tuple[str, list[Outbox], dt.datetime | None]:
         now = self._clock.now()
         async with self._write() as s:
             room = await s.scalar(
-                sa.select(Room).where(Room.code == room_code, Room.active).options(selectinload(Room.site))
+                sa.select(Room).where(Room.code == room_code, Room.active).options(joinedload(Room.site))
             )
             if room is None:
                 raise ValidationError(f"room {room_code!r} is not known: expected the code of an active room")
@@ -278,6 +329,7 @@ class EscalationRunner:
                 tier_deadline=now,
             )
             incident.site = room.site
+            incident.room = room
             # the people on call are resolved once, at the instant of the incident, and frozen with it
             snapshot["resolved"] = await self._resolve_targets(s, incident, snapshot)
             incident.policy_snapshot = snapshot
@@ -299,10 +351,8 @@ class EscalationRunner:
                 clock=self._clock,
                 source=self.node_id,
             )
-            incident_id = incident.id
-        log.info("[incident=%s] raised for room %s, severity %s, by %s", incident_id, room_code, sev, source)
-        self.wake()
-        return incident_id
+            rows = await self._decide(s, incident, now, fresh=True) if decide_now else []
+            return incident.id, rows, incident.tier_deadline
 
     # ----------------------------------------------------------------------------------------------- tick
 
@@ -392,7 +442,6 @@ class EscalationRunner:
         return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
 
     async def _process(self, incident_id: str, now: dt.datetime) -> bool:
-        rows: list[Outbox] = []
         async with self._write() as s:
             if not await self._claim(s, incident_id, now):
                 return False
@@ -403,64 +452,71 @@ class EscalationRunner:
                 options=[joinedload(Incident.site), joinedload(Incident.room)],
             )
             assert incident is not None
-            state, legs_by_id = await self._load_state(s, incident)
-            actions = decide(state, now, kinds=self._kinds, min_ring_s=self._min_ring_s)
-            new_ids = [new_id() for a in actions if isinstance(a, Dial)]
-            after = apply_actions(state, actions, iter(new_ids))
-            ids = iter(new_ids)
-            for action in actions:
-                match action:
-                    case StartTier(tier=tier, started_at=started, deadline=deadline):
-                        incident.state = IncidentState.PAGING
-                        incident.current_tier = tier
-                        incident.tier_started_at = started
-                        await self._event(
-                            s,
-                            incident,
-                            "incident.tier_started",
-                            {
-                                "tier": tier,
-                                "deadline": deadline.isoformat(timespec="milliseconds"),
-                                "late_ms": round((now - started).total_seconds() * 1000, 1),
-                            },
-                        )
-                    case SkipTier(tier=tier, reason=reason):
-                        log.warning("[incident=%s] stage %d skipped: %s", incident.id, tier, reason)
-                        await self._event(
-                            s, incident, "incident.tier_skipped", {"tier": tier, "reason": reason}
-                        )
-                    case Dial():
-                        rows.append(await self._dial(s, incident, action, next(ids), now))
-                    case ActivateOnSite():
-                        rows.append(await self._activate(s, incident, action, now))
-                    case CancelLeg(leg_id=leg_id, reason=reason):
-                        row = await self._cancel_row(s, incident, legs_by_id[leg_id], reason, now)
-                        if row is not None:
-                            rows.append(row)
-                    case MarkAccepted(person_id=person_id, leg_id=leg_id):
-                        if incident.state in OPEN_STATES:  # normally try_accept already did this
-                            incident.state = IncidentState.ACCEPTED
-                            incident.accepted_by_id = person_id
-                            incident.accepted_leg_id = leg_id
-                            incident.accepted_at = now
-                            await self._event(
-                                s, incident, "incident.accepted", {"person_id": person_id, "leg_id": leg_id}
-                            )
-                    case MarkExhausted(reason=reason):
-                        incident.state = IncidentState.EXHAUSTED
-                        incident.ended_at = now
-                        log.error(
-                            "[incident=%s] EXHAUSTED: nobody accepted (%s); room %s must activate the code team",
-                            incident.id,
-                            reason,
-                            incident.room.code,
-                        )
-                        await self._event(s, incident, "incident.exhausted", {"reason": reason})
-            incident.tier_deadline = next_deadline(after, now, kinds=self._kinds)
-            incident.lease_owner = None
-            incident.lease_until = None
+            rows = await self._decide(s, incident, now)
         await self._send(rows)
         return True
+
+    async def _decide(
+        self, s: AsyncSession, incident: Incident, now: dt.datetime, *, fresh: bool = False
+    ) -> list[Outbox]:
+        """Decide for ``incident`` (claimed, or ``fresh``: created in this transaction) and write it all: the
+        decisions, their events and one outbox row per notification; returns the rows to send after commit."""
+        rows: list[Outbox] = []
+        state, legs_by_id = await self._load_state(s, incident, fresh=fresh)
+        actions = decide(state, now, kinds=self._kinds, min_ring_s=self._min_ring_s)
+        new_ids = [new_id() for a in actions if isinstance(a, Dial)]
+        after = apply_actions(state, actions, iter(new_ids))
+        ids = iter(new_ids)
+        for action in actions:
+            match action:
+                case StartTier(tier=tier, started_at=started, deadline=deadline):
+                    incident.state = IncidentState.PAGING
+                    incident.current_tier = tier
+                    incident.tier_started_at = started
+                    await self._event(
+                        s,
+                        incident,
+                        "incident.tier_started",
+                        {
+                            "tier": tier,
+                            "deadline": deadline.isoformat(timespec="milliseconds"),
+                            "late_ms": round((now - started).total_seconds() * 1000, 1),
+                        },
+                    )
+                case SkipTier(tier=tier, reason=reason):
+                    log.warning("[incident=%s] stage %d skipped: %s", incident.id, tier, reason)
+                    await self._event(s, incident, "incident.tier_skipped", {"tier": tier, "reason": reason})
+                case Dial():
+                    rows.append(await self._dial(s, incident, action, next(ids), now))
+                case ActivateOnSite():
+                    rows.append(await self._activate(s, incident, action, now))
+                case CancelLeg(leg_id=leg_id, reason=reason):
+                    row = await self._cancel_row(s, incident, legs_by_id[leg_id], reason, now)
+                    if row is not None:
+                        rows.append(row)
+                case MarkAccepted(person_id=person_id, leg_id=leg_id):
+                    if incident.state in OPEN_STATES:  # normally try_accept already did this
+                        incident.state = IncidentState.ACCEPTED
+                        incident.accepted_by_id = person_id
+                        incident.accepted_leg_id = leg_id
+                        incident.accepted_at = now
+                        await self._event(
+                            s, incident, "incident.accepted", {"person_id": person_id, "leg_id": leg_id}
+                        )
+                case MarkExhausted(reason=reason):
+                    incident.state = IncidentState.EXHAUSTED
+                    incident.ended_at = now
+                    log.error(
+                        "[incident=%s] EXHAUSTED: nobody accepted (%s); room %s must activate the code team",
+                        incident.id,
+                        reason,
+                        incident.room.code,
+                    )
+                    await self._event(s, incident, "incident.exhausted", {"reason": reason})
+        incident.tier_deadline = next_deadline(after, now, kinds=self._kinds)
+        incident.lease_owner = None
+        incident.lease_until = None
+        return rows
 
     async def _dial(
         self, s: AsyncSession, incident: Incident, action: Dial, leg_id: str, now: dt.datetime
@@ -754,9 +810,13 @@ class EscalationRunner:
     # ------------------------------------------------------------------------------------------- state
 
     async def _load_state(
-        self, s: AsyncSession, incident: Incident
+        self, s: AsyncSession, incident: Incident, *, fresh: bool = False
     ) -> tuple[EscalationState, dict[str, Any]]:
+        """The decision core's view of ``incident``; ``fresh`` (created in this transaction): it has no legs and
+        no event but ``incident.raised`` yet, so nothing is read back."""
         tiers = await self._tiers(s, incident)
+        if fresh:
+            return self._state(incident, tiers, (), ()), {}
         # plain rows, not ORM objects: this runs on every decision and the ORM's bookkeeping is its main cost
         legs = (
             await s.execute(
@@ -789,6 +849,11 @@ class EscalationRunner:
             for leg in legs
             if leg.person_id is not None
         )
+        return self._state(incident, tiers, view, events), {leg.id: leg for leg in legs}
+
+    def _state(
+        self, incident: Incident, tiers: tuple[Tier, ...], legs: tuple[Leg, ...], events: Sequence[Any]
+    ) -> EscalationState:
         snap = incident.policy_snapshot
         uri = snap.get("onsite_activation_uri")
         onsite = None
@@ -801,19 +866,18 @@ class EscalationRunner:
             repeat=int(snap.get("repeat", 1)), severe_fanout=int(snap.get("severe_fanout", 1)), onsite=onsite
         )
         # legs are listed in event order so the first accept in the log wins
-        state = EscalationState(
+        return EscalationState(
             incident_id=incident.id,
             incident_state=incident.state,
             tiers=tiers,
             current_tier=incident.current_tier,
             tier_started_at=incident.tier_started_at,
             tier_deadline=_tier_deadline(incident, events),
-            legs=view,
+            legs=legs,
             accepted_by=incident.accepted_by_id,
             severe=incident.severity == Severity.SEVERE,
             options=options,
         )
-        return state, {leg.id: leg for leg in legs}
 
     async def _tiers(self, s: AsyncSession, incident: Incident) -> tuple[Tier, ...]:
         snap = incident.policy_snapshot
@@ -839,19 +903,27 @@ class EscalationRunner:
     async def _resolve_targets(
         self, s: AsyncSession, incident: Incident, snapshot: Mapping[str, Any]
     ) -> list[list[dict[str, Any]]]:
-        """Targets of the frozen policy, resolved to people on call when the incident was raised."""
+        """Targets of the frozen policy, resolved to people on call when the incident was raised.
+
+        ``rotation:<tier>`` is the member on call, ``person:<username>`` that person if active, ``group:<name>``
+        the members the site's group picks (:meth:`_group_members`); a person is paged once per tier whatever
+        the targets that name them.
+        """
         out: list[list[dict[str, Any]]] = []
         for raw in snapshot.get("tiers", []):
             people: list[Person] = []
             for target in raw.get("targets", []):
                 kind, _, name = str(target).partition(":")
-                person: Person | None = None
+                found: list[Person] = []
                 if kind == "rotation":
-                    person = await self._on_call(s, incident, name)
+                    on_call = await self._on_call(s, incident, name)
+                    found = [] if on_call is None else [on_call]
                 elif kind == "person":
                     person = await s.scalar(sa.select(Person).where(Person.username == name, Person.active))
-                if person is not None and person not in people:
-                    people.append(person)
+                    found = [] if person is None else [person]
+                elif kind == "group":
+                    found = await self._group_members(s, incident, name, taken=people)
+                people.extend(p for p in found if p not in people)
             tier: list[dict[str, Any]] = []
             for person in people:
                 methods = (
@@ -870,6 +942,65 @@ class EscalationRunner:
                 )
             out.append(tier)
         return out
+
+    async def _group_members(
+        self, s: AsyncSession, incident: Incident, name: str, *, taken: Sequence[Person]
+    ) -> list[Person]:
+        """Whom the target ``group:<name>`` pages: the active members of that group at the incident's site.
+
+        ``pick = all``: every active member, in listed order. ``least_recent``: of the active members not
+        already in the tier (``taken``) and with an active contact this node has a channel for, the ``size``
+        paged least recently at this site -- the latest outbound ``call_leg`` of each, at raise time
+        (:func:`~escalation.oncall.pick_least_recent`; never paged first, ties in listed order).
+        No such group, or nobody left: an empty list (a tier with nobody is skipped, and logged, by decide).
+        """
+        group = await s.scalar(
+            sa.select(PersonGroup)
+            .where(PersonGroup.site_id == incident.site_id, PersonGroup.name == name, PersonGroup.active)
+            .options(selectinload(PersonGroup.members).selectinload(PersonGroupMember.person))
+        )
+        if group is None:
+            log.warning(
+                "[incident=%s] target group:%s: no active group of that name at the site", incident.id, name
+            )
+            return []
+        members = [m.person for m in group.members if m.person.active]
+        if group.pick is GroupPick.ALL:
+            return members
+        usable_kinds = [k for k in ContactKind if k.value in self._kinds]
+        reachable = set(
+            (
+                await s.scalars(
+                    sa.select(ContactMethod.person_id).where(
+                        ContactMethod.person_id.in_([p.id for p in members]),
+                        ContactMethod.active,
+                        ContactMethod.kind.in_(usable_kinds),
+                    )
+                )
+            ).all()
+        )
+        candidates = [p for p in members if p not in taken and p.id in reachable]
+        rows = await s.execute(
+            sa.select(CallLeg.person_id, sa.func.max(CallLeg.created_at))
+            .join(Incident, Incident.id == CallLeg.incident_id)
+            .where(
+                Incident.site_id == incident.site_id,
+                CallLeg.direction == Direction.OUTBOUND,
+                CallLeg.person_id.in_([p.id for p in candidates]),
+            )
+            .group_by(CallLeg.person_id)
+        )
+        last_paged: dict[str, dt.datetime | None] = {str(pid): at for pid, at in rows.all()}
+        chosen = pick_least_recent([p.id for p in candidates], last_paged, group.size) if candidates else ()
+        log.info(
+            "[incident=%s] group:%s picks %d of %d member(s) least recently paged",
+            incident.id,
+            name,
+            len(chosen),
+            len(members),
+        )
+        by_id = {p.id: p for p in candidates}
+        return [by_id[pid] for pid in chosen]
 
     async def _on_call(self, s: AsyncSession, incident: Incident, tier_name: str) -> Person | None:
         rotations = (

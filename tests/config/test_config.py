@@ -300,3 +300,18 @@ def test_node_dialin_and_twilio_sections() -> None:
     assert "twilio.auth_token is unset" in text
     assert "twilio.from_number is unset" in text
     _ = _P
+
+
+def test_ice_and_turn_settings_reach_the_node(tmp_path: Path) -> None:
+    from comms.cli import app_config
+
+    path = _write(
+        tmp_path,
+        '[ice]\nstun_urls = ["stun:turn.example.org:3478"]\nturn_urls = ["turns:turn.example.org:5349"]\n'
+        'turn_secret = "a-secret-of-at-least-16"\nturn_ttl_s = 600\n',
+    )
+    config = app_config(load(path, {}))
+    assert [server.urls for server in config.ice_servers] == [("stun:turn.example.org:3478",)]
+    assert config.turn is not None
+    assert config.turn.urls == ("turns:turn.example.org:5349",) and config.turn.ttl_s == 600
+    assert "a-secret-of-at-least-16" not in repr(config.turn)

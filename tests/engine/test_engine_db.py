@@ -16,6 +16,7 @@ from comms.clock import FakeClock
 from comms.db.engine import create_engine, session_factory
 from comms.db.events import leg_status, verify_chain
 from comms.db.models import CallLeg, Event, Incident, Outbox, Person
+from escalation.model import IncidentState
 from escalation.runner import EscalationRunner, hash_pin
 from escalation.webhook_channel import WebhookChannel
 from tests.engine.helpers import SECRET, Receiver, seed_directory
@@ -60,6 +61,15 @@ class Crashed(EscalationRunner):
         return None
 
 
+class FirstDecisionFails(EscalationRunner):
+    """A node whose decision inside the raise hits a bug (the loop's later decisions work)."""
+
+    async def _decide(self, s, incident, now, *, fresh=False):  # type: ignore[no-untyped-def]
+        if fresh:
+            raise RuntimeError("bug in the first decision")
+        return await super()._decide(s, incident, now, fresh=fresh)
+
+
 def runner(
     sf: async_sessionmaker[AsyncSession],
     clock: FakeClock,
@@ -98,7 +108,7 @@ async def test_an_outbox_row_per_notification_sent_after_commit_with_its_key(
     await seed_directory(sf, [["a", "b"], ["c"]])
     r = runner(sf, clock, receiver, "n1")
     incident_id = await r.raise_incident(room_code="R0", severity="moderate", source="test")
-    assert await r.tick() == 1
+    assert await r.tick() == 0  # the raise decided tier 0 in its own transaction and sent it
     await settle(receiver, 2)
     async with sf() as s:
         rows = (await s.scalars(sa.select(Outbox).order_by(Outbox.created_at))).all()
@@ -107,6 +117,42 @@ async def test_an_outbox_row_per_notification_sent_after_commit_with_its_key(
     assert sorted(p.key for p in receiver.pages()) == sorted(row.key for row in rows)
     assert all(row.key.startswith(f"{incident_id}:0:") and row.key.endswith(":sip:0") for row in rows)
     assert receiver.refused == 0
+    await r.stop()
+
+
+async def test_the_raise_and_the_first_decision_are_one_commit(
+    sf: async_sessionmaker[AsyncSession], clock: FakeClock, receiver: Receiver
+) -> None:
+    await seed_directory(sf, [["a"], ["b"]])
+    r = runner(sf, clock, receiver, "n1")
+    incident_id = await r.raise_incident(room_code="R0", severity="severe", source="test")
+    await settle(receiver, 1)
+    evs = await events(sf, incident_id)
+    assert [e.kind for e in evs][:3] == ["incident.raised", "incident.tier_started", "leg.created"]
+    assert len({e.at for e in evs[:3]}) == 1  # one transaction, one instant of the FakeClock
+    async with sf() as s:
+        incident = await s.get(Incident, incident_id)
+    assert incident is not None and incident.state == IncidentState.PAGING and incident.current_tier == 0
+    assert incident.lease_owner is None
+    await r.stop()
+
+
+async def test_a_failed_first_decision_still_raises_and_the_loop_decides_it(
+    sf: async_sessionmaker[AsyncSession],
+    clock: FakeClock,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await seed_directory(sf, [["a"], ["b"]])
+    r = runner(sf, clock, receiver, "n1", FirstDecisionFails)
+    incident_id = await r.raise_incident(room_code="R0", severity="moderate", source="test")
+    assert "the first decision failed inside the raise" in caplog.text
+    evs = await events(sf, incident_id)
+    assert [e.kind for e in evs] == ["incident.raised"]  # the failed decision left nothing half-written
+    assert await r.tick() == 1  # due now: the loop decides it
+    await settle(receiver, 1)
+    assert [p.body["person"] for p in receiver.pages()] == ["Dr a"]
+    assert verify_chain(await events(sf, incident_id)) == []
     await r.stop()
 
 
@@ -169,7 +215,9 @@ async def test_two_nodes_claim_each_incident_once_and_the_survivor_continues_a_d
     b = runner(sf, clock, receiver, "node-b")
     await a.start(run=False)
     await b.start(run=False)
-    ids = [await a.raise_incident(room_code=f"R{i}", severity="moderate", source="test") for i in range(10)]
+    # raised through a controller without channels: it leaves every decision to the two paging nodes
+    ctl = EscalationRunner(sf, clock, node_id="controller", channels={})
+    ids = [await ctl.raise_incident(room_code=f"R{i}", severity="moderate", source="test") for i in range(10)]
     done = await asyncio.gather(a.tick(), b.tick())
     assert sum(done) == 10
     await settle(receiver, 10)

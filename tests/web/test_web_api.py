@@ -51,7 +51,7 @@ async def test_raise_incident_returns_201_with_id_code_state_links(client: Clien
     body = await resp.json()
     assert uuid.UUID(body["id"])
     assert re.fullmatch(r"[A-Z0-9]{6}", body["code"])
-    assert body["state"] == "raised"
+    assert body["state"] == "paging"  # the first tier started in the raise's own transaction
     assert body["severity"] == "severe"
     assert body["links"] == {
         "self": f"/api/v1/incidents/{body['id']}",
@@ -193,12 +193,11 @@ async def test_incident_view_follows_the_escalation_to_accept(
     url = raised["links"]["self"]
 
     first = await (await client.get(url, headers=bearer("CT-1"))).json()
-    assert first["state"] == "raised"
-    assert first["status_line"] == {"text": "Alert raised — finding who is on call…", "tone": "calling"}
+    assert first["state"] == "paging"  # tier 0 started, ada's leg created and placed by the raise itself
     assert first["accepted_by"] is None
     assert first["seconds_to_accept"] is None
 
-    await runner.tick()  # tier 0 starts, ada's leg is created and placed
+    assert await runner.tick() == 0  # nothing left to decide until tier 0's deadline
     await eventually(lambda: len(channel.orders) == 1)
     leg_id = channel.orders[0].leg_id
     await eventually(lambda: channel.rang(leg_id))

@@ -95,7 +95,7 @@ async def test_dashboard_needs_login_then_lists_incidents(
     assert "&lt;b&gt;Scanner&lt;/b&gt; &amp; co" in html
     assert "<b>Scanner</b>" not in html
     assert "incident.raised" in html
-    assert "Alert raised — finding who is on call…" in html
+    assert "incident.tier_started" in html
     missing = await client.get("/incidents/00000000-0000-4000-8000-000000000000")
     assert missing.status == 404
     assert (await missing.json())["error"]["code"] == "not_found"
