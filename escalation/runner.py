@@ -309,12 +309,18 @@ class EscalationRunner:
             )
             if room is None:
                 raise ValidationError(f"room {room_code!r} is not known: expected the code of an active room")
-            policy = await s.scalar(
-                sa.select(EscalationPolicy)
-                .where(EscalationPolicy.site_id == room.site_id, EscalationPolicy.active)
-                .order_by(EscalationPolicy.version.desc())
-                .options(selectinload(EscalationPolicy.tiers))
-                .limit(1)
+            policy = (
+                (
+                    await s.execute(
+                        sa.select(EscalationPolicy)
+                        .where(EscalationPolicy.site_id == room.site_id, EscalationPolicy.active)
+                        .order_by(EscalationPolicy.version.desc())
+                        .options(joinedload(EscalationPolicy.tiers))  # one query, not two
+                        .limit(1)
+                    )
+                )
+                .unique()
+                .scalar_one_or_none()
             )
             snapshot: dict[str, Any] = policy.snapshot() if policy else {"policy_id": None, "tiers": []}
             snapshot["onsite_activation_uri"] = room.site.onsite_activation_uri
@@ -331,10 +337,10 @@ class EscalationRunner:
             incident.site = room.site
             incident.room = room
             # the people on call are resolved once, at the instant of the incident, and frozen with it
-            snapshot["resolved"] = await self._resolve_targets(s, incident, snapshot)
+            people: list[Person] = []  # held so that the first decision reads them from the session
+            snapshot["resolved"] = await self._resolve_targets(s, incident, snapshot, keep=people)
             incident.policy_snapshot = snapshot
-            s.add(incident)
-            await s.flush()
+            s.add(incident)  # inserted by append_event's flush, which then knows the new chain starts at 1
             await append_event(
                 s,
                 incident=incident,
@@ -536,7 +542,9 @@ class EscalationRunner:
                 created_at=now,
             )
         )
-        await s.flush()
+        await (
+            s.flush()
+        )  # the leg row before its events (the unit of work does not order event after call_leg)
         key = (
             f"{incident.id}:{action.tier}:{action.person_id}/{action.contact_method_id}:"
             f"{action.kind}:{action.attempt}"
@@ -594,7 +602,7 @@ class EscalationRunner:
                 created_at=now,
             )
         )
-        await s.flush()
+        await s.flush()  # the leg row before its events
         key = f"{incident.id}:onsite:{action.address}:{action.kind}:0"
         await self._event(
             s,
@@ -901,13 +909,19 @@ class EscalationRunner:
         return tuple(tiers)
 
     async def _resolve_targets(
-        self, s: AsyncSession, incident: Incident, snapshot: Mapping[str, Any]
+        self,
+        s: AsyncSession,
+        incident: Incident,
+        snapshot: Mapping[str, Any],
+        *,
+        keep: list[Person] | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Targets of the frozen policy, resolved to people on call when the incident was raised.
 
         ``rotation:<tier>`` is the member on call, ``person:<username>`` that person if active, ``group:<name>``
         the members the site's group picks (:meth:`_group_members`); a person is paged once per tier whatever
-        the targets that name them.
+        the targets that name them. ``keep`` collects the people found: while the caller holds them, the
+        session's identity map (weak) keeps them too, and the same transaction reads them without a query.
         """
         out: list[list[dict[str, Any]]] = []
         for raw in snapshot.get("tiers", []):
@@ -924,6 +938,8 @@ class EscalationRunner:
                 elif kind == "group":
                     found = await self._group_members(s, incident, name, taken=people)
                 people.extend(p for p in found if p not in people)
+            if keep is not None:
+                keep.extend(people)
             tier: list[dict[str, Any]] = []
             for person in people:
                 methods = (

@@ -11,7 +11,10 @@ so the fact and the state change it records commit together or not at all.
 next_seq + 1 RETURNING`` on the incident row (or the ``event_chain`` row): the row lock that UPDATE takes
 serialises concurrent writers of one chain until commit (on SQLite every transaction is ``BEGIN IMMEDIATE``,
 see :mod:`comms.db.engine`), so numbers are unique and gap-free, and a rolled-back append gives its number
-back.
+back. Because that lock holds until commit, a transaction that already appended to a chain (or inserted the
+incident itself) knows the chain's head: its next appends take the number and the previous hash from the
+session (``session.info``, forgotten when the transaction ends) and write ``next_seq`` with the incident row's
+other changes, instead of an UPDATE and a SELECT per event.
 
 *Hashes.* ``hash = sha256(prev_hash + canonical_json(row))`` where the row is ``incident_id, leg_id, seq,
 kind, at (ISO-8601 UTC, ms, 'Z'), mono, source, data`` and canonical JSON is sorted keys, no spaces, UTF-8.
@@ -40,6 +43,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.orm.attributes import set_committed_value
 
 from comms.clock import Clock, to_ms
@@ -142,15 +146,27 @@ async def append_event(
         raise ValidationError("event source '' is empty: expected the node/component that saw the fact")
     # Store exactly what is hashed (tuples become lists, keys become strings).
     stored: dict[str, Any] = json.loads(canonical_json(dict(data)))
+    head: tuple[int, str] | None = None
+    heads: dict[str, tuple[int, str]] = session.info.setdefault(_HEADS, {})
     if incident is not None:
-        if incident.id is None or incident in session.new:
+        created = incident.id is None or incident in session.new
+        if created:
             await session.flush()
-        seq = await _take_seq(
-            session, sa.update(Incident).where(Incident.id == incident.id), Incident.next_seq, incident.id
-        )
-        set_committed_value(incident, "next_seq", seq + 1)
-        prev_where = Event.incident_id == incident.id
         incident_id: str | None = incident.id
+        assert incident_id is not None
+        attached = incident in session
+        head = heads.get(incident_id) if attached else None
+        if head is None and created and attached and incident.next_seq == 1:
+            head = (1, GENESIS_HASH)  # inserted by this transaction: nobody else can see the chain yet
+        if head is not None:
+            seq = head[0]
+            incident.next_seq = seq + 1  # written with the incident's other changes at the next flush
+        else:
+            seq = await _take_seq(
+                session, sa.update(Incident).where(Incident.id == incident_id), Incident.next_seq, incident_id
+            )
+            set_committed_value(incident, "next_seq", seq + 1)
+        prev_where = Event.incident_id == incident_id
     else:
         seq = await _take_seq(
             session,
@@ -160,7 +176,9 @@ async def append_event(
         )
         prev_where = Event.incident_id.is_(None)
         incident_id = None
-    if seq == 1:
+    if head is not None:
+        prev_hash = head[1]
+    elif seq == 1:
         prev_hash = GENESIS_HASH
     else:
         found = await session.scalar(sa.select(Event.hash).where(prev_where, Event.seq == seq - 1))
@@ -183,8 +201,23 @@ async def append_event(
     )
     ev.hash = compute_hash(ev)
     session.add(ev)
-    await session.flush()
+    if incident is not None and incident in session:
+        heads[incident.id] = (seq + 1, ev.hash)
+    else:
+        await session.flush()
     return ev
+
+
+_HEADS = "comms.db.events.heads"
+"""``session.info`` key: per incident chain, the next ``seq`` and the last hash this transaction appended."""
+
+
+@sa.event.listens_for(Session, "after_transaction_end")
+def _forget_heads(session: Session, transaction: SessionTransaction) -> None:
+    # a chain head is only known while this transaction holds the chain's row (see the module docstring);
+    # a flush's own inner transaction ending changes nothing, a savepoint's may (a rollback to it)
+    if transaction.parent is None or transaction.nested:
+        session.info.pop(_HEADS, None)
 
 
 async def _take_seq(
