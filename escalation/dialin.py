@@ -16,7 +16,8 @@ How it runs
    created and those facts are written as its leg events (``observed_at``/``observed_mono`` carry the real
    instants), then every later fact is written as it happens. A call that never raises an incident (unknown room,
    no input, hung up in the menu) is one ``dialin.refused``/``dialin.abandoned`` event in the global chain
-   with its steps.
+   with its steps. (The store, the facts and the bridge report are shared with the Twilio dial-in:
+   :mod:`escalation.dialin_common`.)
 3. *Hold.* While the incident pages, the caller hears a status about every ``status_interval_s``, derived from
    the incident's events by :func:`ivr.dialin.hold_status` ("Doctor Lee is being called, attempt 2"); each is a
    ``dialin.hold_status`` event. The incident row is polled every ``poll_s``: *accepted* -> "Doctor Lee has
@@ -27,8 +28,14 @@ How it runs
    on the line, and the caller's task cross-connects the two legs' audio with a :class:`~media.legbridge.
    LegBridge` (``bridge.started``, one ``bridge.media_established`` per direction, ``incident.connected`` when
    both flow, ``bridge.ended`` with the counters). When either side hangs up, the other is told and hung up.
-   If the acceptor is not on a SIP call (SMS, pager…), the caller is told after ``accept_wait_s`` that the doctor
-   will contact the room.
+   A radiologist who accepted on a Twilio voice call is offered by :meth:`DialIn.twilio_accepted_handler`'s
+   handler (a ``TwilioAcceptedHandler``): their call gets ``<Connect><Stream>`` with a one-time grant, and when
+   Twilio opens the stream it is cross-connected with the caller's RTP session by
+   :class:`~escalation.twilio_streams.RtpStreamBridge` (the same bridge the Twilio dial-in uses the other way
+   round), with the same events. When the caller hangs up the stream is closed from our side and Twilio tells
+   the radiologist; when the radiologist hangs up the stream stops and the caller is told.
+   If the acceptor is not on a voice call (SMS, pager…), the caller is told after ``accept_wait_s`` that the
+   doctor will contact the room.
 
 Nothing on this path dies silently: a failure is a ``dialin.failed`` event and the caller is told to activate
 the code team.
@@ -43,40 +50,57 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comms.clock import Clock
-from comms.db.events import append_event, format_at
-from comms.db.models import CallLeg, Event, Incident, Room
 from comms.db.types import Channel as ChannelKind
-from comms.db.types import Direction
 from comms.db.types import IncidentState as DbState
-from comms.errors import CommsError, ValidationError
-from comms.ids import new_id
+from comms.errors import ValidationError
 from comms.phone import mask
 from escalation.channel import LegOrder
+from escalation.dialin_common import (
+    RADIOLOGIST_CONNECTING,
+    BridgeReport,
+    CallFacts,
+    CallLog,
+    DialInStore,
+    DirectionLike,
+    FactsOwner,
+    acceptor_name,
+    hold_status_data,
+    nap,
+    raise_from_menu,
+    room_by_phone,
+)
 from escalation.runner import EscalationRunner
+from escalation.twilio_streams import (
+    Handover,
+    RtpStreamBridge,
+    StreamContext,
+    StreamEndpoint,
+    StreamGrants,
+    TwilioAcceptedHandler,
+    TwilioCallRef,
+    stream_url,
+)
 from ivr.dialin import (
     EXTENSION_USER,
     DialPlan,
     dial_plan,
     dialin_menu,
     dialin_message,
-    hold_status,
     same_phone,
-    severity_from,
     speakable_number,
     spoken_name,
 )
 from ivr.driver import run_menu
 from ivr.machine import Finish, MenuMachine
-from ivr.menu import Outcome, speakable_room
+from ivr.menu import Menu, Outcome, speakable_room
 from ivr.prompts import PromptError, PromptRenderer
+from ivr.twiml import Voice, connect_stream
 from media.errors import MediaError
 from media.legbridge import LegBridge
 from sip.errors import SipError
-from sip.message import URI
 from sip.ua import Call, CallEnded, CallEvent, CallState, DtmfReceived, MediaStarted
 
 __all__ = ["AcceptedCallHandler", "DialIn", "DialInSettings", "chain_accepted"]
@@ -119,6 +143,15 @@ class DialInSettings:
         if not self.users:
             raise ValidationError("dial-in users is empty: expected at least one Request-URI user")
 
+    def menu(self, *, room_known: bool) -> Menu:
+        """The dial-in menu with these timeouts and retries (from the severity step when the room is known)."""
+        return dialin_menu(
+            room_known=room_known,
+            timeout_s=self.ivr_timeout_s,
+            inter_digit_timeout_s=self.inter_digit_timeout_s,
+            retries=self.retries,
+        )
+
 
 def chain_accepted(*handlers: AcceptedCallHandler) -> AcceptedCallHandler:
     """One handler that offers an accepted call to each of ``handlers`` in turn until one keeps it."""
@@ -132,33 +165,34 @@ def chain_accepted(*handlers: AcceptedCallHandler) -> AcceptedCallHandler:
     return offer
 
 
-class _Log(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[incident={extra.get('incident')} leg={extra.get('leg')}] {msg}", kwargs
+Radio = Call | TwilioCallRef
+"""The accepted radiologist's call handed over: a SIP call, or a Twilio call to be joined by a media stream."""
 
 
 @dataclass
-class _Session:
+class _Session(FactsOwner):
     """One dial-in call."""
 
     call: Call
-    log: _Log
+    log: CallLog
     inputs: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    incident_id: str | None = None
-    leg_id: str | None = None
+    facts: CallFacts = field(default_factory=CallFacts)
     room: str | None = None
     prompt: asyncio.Task[None] | None = None
-    radio: asyncio.Future[tuple[LegOrder, Call]] | None = None
+    radio: asyncio.Future[tuple[LegOrder, Radio]] | None = None
+    stream: RtpStreamBridge | None = None
+    """A Twilio radiologist's media stream, bridged to this call once Twilio opened it."""
+    takes_stream: bool = True
+    """False once a stream that opens now must be refused (the caller left, or it came too late)."""
+    stream_refused: bool = False
+    """The caller left before the radiologist's stream opened (``leg.bridge_refused`` is written)."""
     bridged: bool = False
     refusal: tuple[str, dict[str, Any]] | None = None
     """For a call that raised no incident: the global event (kind, data) written once the call is over."""
     announced: bool = False
     radio_released: bool = False
-    """For a call that raised no incident: the global event (kind, data) written once the call is over."""
+    """Set once :meth:`DialIn._connect` owns the radiologist's call (it ends it when it must)."""
 
     @property
     def ended(self) -> bool:
@@ -178,12 +212,11 @@ class DialIn:
         *,
         node_id: str,
     ) -> None:
-        self._sf = session_factory
+        self._store = DialInStore(session_factory, clock, node_id=node_id)
         self._runner = runner
         self._prompts = prompts
         self._clock = clock
         self.settings = settings or DialInSettings()
-        self._node = node_id
         self._waiting: dict[str, _Session] = {}
         self._active: set[asyncio.Task[Any]] = set()
         self._fallback = speakable_number(self.settings.fallback_number)
@@ -210,7 +243,7 @@ class DialIn:
         if task is not None:
             self._active.add(task)
             task.add_done_callback(self._active.discard)
-        s = _Session(call, _Log(log, {"incident": None, "leg": None}))
+        s = _Session(call, CallLog(log, {"incident": None, "leg": None}))
         reader = asyncio.get_running_loop().create_task(self._read_events(s))
         try:
             await self._serve(s)
@@ -256,6 +289,58 @@ class DialIn:
         s.log.info("radiologist leg %s handed over for bridging", order.leg_id)
         return True
 
+    def twilio_accepted_handler(
+        self, grants: StreamGrants, public_base_url: str, voice: Voice | None = None
+    ) -> TwilioAcceptedHandler:
+        """``TwilioVoiceChannel``'s accept hook: when a technologist waits on this dial-in, the radiologist's
+        Twilio call is answered with ``<Connect><Stream>`` (a one-time grant from ``grants``) and the stream is
+        bridged to the caller's RTP leg. None (not kept) when no SIP caller waits for the incident."""
+        url = stream_url(public_base_url)
+        speech = voice or Voice()
+
+        async def offer(order: LegOrder, call: TwilioCallRef) -> Handover | None:
+            s = self._waiting.get(order.incident_id)
+            if s is None or s.ended or s.radio is None or s.radio.done() or s.call.media is None:
+                return None
+
+            def attach(ctx: StreamContext) -> StreamEndpoint:
+                return self._attach_stream(s, ctx)
+
+            token = grants.issue(
+                incident_id=order.incident_id,
+                leg_id=order.leg_id,
+                call_sid=call.call_sid,
+                purpose="dialin",
+                attach=attach,
+            )
+            s.radio.set_result((order, call))
+            s.wake.set()
+            s.log.info(
+                "radiologist Twilio leg %s handed over: its call is sent to a media stream", order.leg_id
+            )
+            twiml = connect_stream(
+                [RADIOLOGIST_CONNECTING.format(room=speakable_room(order.room_code))],
+                url,
+                {"token": token},
+                after=[dialin_message(self._menu, "caller_left")],
+                voice=speech,
+            )
+            return Handover(twiml, "dialin_stream")
+
+        return offer
+
+    def _attach_stream(self, s: _Session, ctx: StreamContext) -> StreamEndpoint:
+        """The radiologist's stream opened: cross-connect it with the caller's RTP session."""
+        if s.ended or not s.takes_stream or s.stream is not None or s.call.media is None:
+            raise MediaError(
+                "no technologist waits for this stream: the dial-in call has ended or is bridged"
+            )
+        s.stream = RtpStreamBridge(
+            self._clock, s.call.media, ctx, names=("radiologist", "caller"), on_close=lambda _r: s.wake.set()
+        )
+        s.wake.set()
+        return s.stream
+
     # ------------------------------------------------------------------------------------------- the call
 
     async def _serve(self, s: _Session) -> None:
@@ -265,13 +350,16 @@ class DialIn:
             "leg.invite_received",
             {"from": str(call.remote_uri), "to": str(call.request_uri), "call_id": call.call_id},
         )
-        rooms = await self._rooms()
+        rooms = await self._store.rooms()
         plan = dial_plan([code for code, _ in rooms], self.settings.dial_codes)
         if plan.ambiguous:
             log.warning(
                 "dial-in: room codes %s spell the same digits; give them configured codes", plan.ambiguous
             )
-        s.room = self._room_by_caller_id(call.remote_uri, rooms)
+        caller = call.remote_uri
+        s.room = room_by_phone(
+            rooms, lambda uri: same_phone((caller.user, caller.host), (uri.user, uri.host))
+        )
         await call.answer()
         await self._fact(s, "leg.answered", {"status": 200})
         if s.room is not None:
@@ -286,28 +374,31 @@ class DialIn:
             s.refusal = ("dialin.refused", {"reason": message, "outcome": finish.outcome.value})
             await self._hang_up(s, message)
             return
-        severity = severity_from(finish)
-        await self._fact(
-            s,
-            "dialin.severity_chosen",
-            {"severity": severity, "digits": finish.digits, "outcome": finish.outcome.value},
+        incident_id, severity = await raise_from_menu(
+            self._store, self._runner, s.facts, s.room, finish, source=SOURCE, log=s.log
         )
-        try:
-            incident_id = await self._runner.raise_incident(
-                room_code=s.room, severity=severity, source=SOURCE
-            )
-        except ValidationError as exc:
-            s.log.error("could not raise an incident for room %s: %s", s.room, exc)
-            await self._fact(s, "dialin.failed", {"error": str(exc)})
+        if incident_id is None:
             s.refusal = ("dialin.failed", {"reason": "raise failed"})
             await self._say(s, dialin_message(self._menu, "failed", fallback=self._fallback))
             await self._hang_up(s, "failed")
             return
         # registered before any await: the radiologist's accepted call may come at any time from now on
-        s.incident_id = incident_id
+        s.facts.incident_id = incident_id
         s.radio = asyncio.get_running_loop().create_future()
         self._waiting[incident_id] = s
-        await self._open_leg(s, incident_id)
+        await self._store.open_leg(
+            s.facts,
+            incident_id,
+            channel=ChannelKind.SIP,
+            address=str(call.remote_uri),
+            external_ref=call.call_id,
+            created={
+                "from": str(call.remote_uri),
+                "to": str(call.request_uri),
+                "call_id": call.call_id,
+                "room": s.room,
+            },
+        )
         s.log.extra = {"incident": incident_id, "leg": s.leg_id}
         s.log.info("dial-in raised the incident for room %s, severity %s", s.room, severity)
         self._start_prompt(
@@ -359,13 +450,7 @@ class DialIn:
     # --------------------------------------------------------------------------------------------- menu
 
     async def _menu_phase(self, s: _Session, plan: DialPlan) -> Finish | None:
-        st = self.settings
-        menu = dialin_menu(
-            room_known=s.room is not None,
-            timeout_s=st.ivr_timeout_s,
-            inter_digit_timeout_s=st.inter_digit_timeout_s,
-            retries=st.retries,
-        )
+        menu = self.settings.menu(room_known=s.room is not None)
         machine = MenuMachine(menu, {"room": speakable_room(s.room or "")})
         inputs = s.inputs
 
@@ -412,19 +497,17 @@ class DialIn:
             if s.ended:
                 return
             now = self._clock.monotonic()
-            state = await self._incident_state(s.incident_id)
+            state = await self._store.incident_state(s.incident_id)
             if state in (DbState.ACCEPTED, DbState.CONNECTED):
                 if accepted_at is None:
                     accepted_at = now
-                    status = hold_status(await self._events(s.incident_id))
-                    name = status.names[0] if status.names else "the radiologist"
+                    name = acceptor_name(await self._store.hold_status(s.incident_id))
                     await self._stop_prompt(s)
                     self._start_prompt(s, dialin_message(self._menu, "accepted", name=spoken_name(name)))
                     s.announced = True
                     await self._fact(s, "dialin.accepted_announced", {"person": name})
                 elif now - accepted_at >= st.accept_wait_s:
-                    status = hold_status(await self._events(s.incident_id))
-                    name = status.names[0] if status.names else "the radiologist"
+                    name = acceptor_name(await self._store.hold_status(s.incident_id))
                     await self._stop_prompt(s)
                     await self._say(
                         s, dialin_message(self._menu, "accepted_elsewhere", name=spoken_name(name))
@@ -446,22 +529,14 @@ class DialIn:
                 await self._hang_up(s, state.value)
                 return
             elif now >= next_status and (s.prompt is None or s.prompt.done()):
-                status = hold_status(await self._events(s.incident_id))
+                status = await self._store.hold_status(s.incident_id)
                 text = status.text(self._menu, fallback=self._fallback)
                 self._start_prompt(s, text)
                 next_status = now + st.status_interval_s
-                await self._fact(
-                    s,
-                    "dialin.hold_status",
-                    {
-                        "phase": status.phase,
-                        "names": list(status.names),
-                        "attempt": status.attempt,
-                        "text": text,
-                        # RTP from the caller so far: with an echoing peer it shows our status reaching them
-                        "rtp_received": s.call.media.stats.packets_received if s.call.media else None,
-                    },
-                )
+                data = hold_status_data(status, text)
+                # RTP from the caller so far: with an echoing peer it shows our status reaching them
+                data["rtp_received"] = s.call.media.stats.packets_received if s.call.media else None
+                await self._fact(s, "dialin.hold_status", data)
             if now - start > st.max_hold_s:
                 await self._fact(s, "dialin.hold_limit", {"seconds": st.max_hold_s})
                 await self._say(s, dialin_message(self._menu, "failed", fallback=self._fallback))
@@ -470,12 +545,7 @@ class DialIn:
             await self._nap(s, st.poll_s)
 
     async def _nap(self, s: _Session, seconds: float) -> None:
-        s.wake.clear()
-        handle = self._clock.call_later(seconds, s.wake.set)
-        try:
-            await s.wake.wait()
-        finally:
-            handle.cancel()
+        await nap(self._clock, s.wake, seconds)
 
     # ------------------------------------------------------------------------------------------ connect
 
@@ -494,11 +564,14 @@ class DialIn:
             with contextlib.suppress(asyncio.CancelledError, SipError, MediaError, PromptError):
                 await asyncio.shield(s.prompt)
         await self._stop_prompt(s)
+        if isinstance(radio, TwilioCallRef):
+            await self._connect_stream(s, order, radio)
+            return
         if s.ended:
-            await self._record_leg(order.leg_id, "leg.bridge_refused", {"reason": "the technologist hung up"})
-            await self._say_on(radio, dialin_message(self._menu, "caller_left"))
-            with contextlib.suppress(SipError):
-                await radio.hangup()
+            await self._store.record_leg(
+                order.leg_id, "leg.bridge_refused", {"reason": "the technologist hung up"}
+            )
+            await self._end_radio_call(radio)
             return
         if radio.state is CallState.ENDED or s.call.media is None or radio.media is None:
             await self._fact(
@@ -517,38 +590,15 @@ class DialIn:
             with contextlib.suppress(SipError):
                 await radio.hangup()
             return
-        s.bridged = True
-        started = self._clock.monotonic()
-        await self._fact(
-            s,
-            "bridge.started",
-            {"radiologist_leg": order.leg_id, "person": order.person_name, "caller_leg": s.leg_id},
-        )
-        await self._record_leg(order.leg_id, "leg.bridged", {"caller_leg": s.leg_id})
-        s.log.info("bridged to %s (leg %s)", order.person_name, order.leg_id)
-        reported: set[str] = set()
-        connected = False
+        report = await self._bridge_started(s, order, "sip_dialin_bridge", {}, {})
         radio_done = asyncio.get_running_loop().create_task(radio.wait_ended())
         radio_done.add_done_callback(lambda _t: s.wake.set())
         try:
-            while not s.ended and not radio_done.done():
-                for d in bridge.snapshot():
-                    if d.established_mono is not None and d.name not in reported:
-                        reported.add(d.name)
-                        await self._fact(
-                            s,
-                            "bridge.media_established",
-                            {"direction": d.name, "after_ms": round((d.established_mono - started) * 1000)},
-                        )
-                if not connected and len(reported) == 2:
-                    connected = True
-                    await self._mark_connected(s, order.leg_id)
-                await self._nap(s, self.settings.poll_s)
+            by = await self._supervise(s, report, bridge.snapshot, radio_done.done)
         finally:
             bridge.stop()
             if not radio_done.done():
                 radio_done.cancel()
-        by = "caller" if s.ended else "radiologist"
         directions = {
             d.name: {
                 "frames_in": d.frames_in,
@@ -560,53 +610,102 @@ class DialIn:
             }
             for d in bridge.snapshot()
         }
-        seconds = round(self._clock.monotonic() - started, 3)
-        await self._fact(s, "bridge.ended", {"by": by, "seconds": seconds, "directions": directions})
+        await report.ended(by, directions)
         if by == "caller":
-            await self._say_on(radio, dialin_message(self._menu, "caller_left"))
-            with contextlib.suppress(SipError):
-                await radio.hangup()
+            await self._end_radio_call(radio)
         else:
             await self._say(s, dialin_message(self._menu, "radiologist_left"))
             await self._hang_up(s, "radiologist-left")
+
+    async def _connect_stream(self, s: _Session, order: LegOrder, radio: TwilioCallRef) -> None:
+        """The radiologist accepted on a Twilio call, answered with ``<Connect><Stream>``: wait for Twilio to open
+        the stream (:meth:`_attach_stream` bridges it), report it, and release the other side at the end."""
+        give_up = self._clock.monotonic() + self.settings.accept_wait_s
+        while s.stream is None and not s.ended and self._clock.monotonic() < give_up:
+            await self._nap(s, self.settings.poll_s)
+        bridge = s.stream
+        if bridge is None:
+            s.takes_stream = False  # a stream opened from now on is closed: Twilio tells the radiologist
+        if s.ended:
+            s.stream_refused = True
+            await self._store.record_leg(
+                order.leg_id, "leg.bridge_refused", {"reason": "the technologist hung up"}
+            )
+            if bridge is not None:
+                bridge.hang_up("the technologist left")
+            return
+        if bridge is None:
+            reason = (
+                f"no media stream from Twilio call {radio.call_sid} within {self.settings.accept_wait_s} s"
+            )
+            await self._fact(s, "bridge.failed", {"radiologist_leg": order.leg_id, "reason": reason})
+            await self._say(s, dialin_message(self._menu, "failed", fallback=self._fallback))
+            await self._hang_up(s, "bridge-failed")
+            return
+        extra = {"via": "twilio_stream", "stream_sid": bridge.stream_sid, "call_sid": radio.call_sid}
+        report = await self._bridge_started(s, order, "sip_dialin_stream_bridge", extra, {"via": "stream"})
+        by = await self._supervise(s, report, bridge.snapshot, lambda: bridge.closed is not None)
+        if by == "caller":
+            bridge.hang_up(
+                "the technologist left"
+            )  # Twilio then says "the technologist has left" and hangs up
+        await report.ended(by, {d.name: d.snapshot() for d in bridge.snapshot()})
+        if by == "radiologist":
+            await self._say(s, dialin_message(self._menu, "radiologist_left"))
+            await self._hang_up(s, "radiologist-left")
+
+    async def _bridge_started(
+        self, s: _Session, order: LegOrder, via: str, started: dict[str, Any], bridged: dict[str, Any]
+    ) -> BridgeReport:
+        s.bridged = True
+        report = BridgeReport(self._store, s.facts, self._clock, radiologist_leg=order.leg_id, via=via)
+        await self._fact(
+            s,
+            "bridge.started",
+            {**started, "radiologist_leg": order.leg_id, "person": order.person_name, "caller_leg": s.leg_id},
+        )
+        await self._store.record_leg(order.leg_id, "leg.bridged", {"caller_leg": s.leg_id, **bridged})
+        s.log.info("bridged to %s (leg %s)", order.person_name, order.leg_id)
+        return report
+
+    async def _supervise(
+        self,
+        s: _Session,
+        report: BridgeReport,
+        directions: Callable[[], Sequence[DirectionLike]],
+        radio_gone: Callable[[], bool],
+    ) -> str:
+        """Report the bridge until one side leaves; returns who left (``caller`` or ``radiologist``)."""
+        while not s.ended and not radio_gone():
+            if await report.update(directions()):
+                s.log.info("incident connected: two-way audio between the technologist and the radiologist")
+            await self._nap(s, self.settings.poll_s)
+        return "caller" if s.ended else "radiologist"
 
     async def _release_radio(self, s: _Session) -> None:
         """A radiologist's call handed over and still up when the dial-in ends (caller left, or a failure): end it."""
         if s.radio is None or not s.radio.done():
             return
         order, radio = s.radio.result()
-        if radio.state is CallState.ENDED:
+        if isinstance(radio, TwilioCallRef):
+            s.takes_stream = False
+            if s.stream_refused or (s.stream is not None and s.stream.closed is not None):
+                return
+        elif radio.state is CallState.ENDED:
             return
         with contextlib.suppress(Exception):
             reason = "the dial-in failed" if s.radio_released else "the technologist left"
-            await self._record_leg(order.leg_id, "leg.released", {"reason": reason})
+            await self._store.record_leg(order.leg_id, "leg.released", {"reason": reason})
+        if isinstance(radio, TwilioCallRef):
+            if s.stream is not None:  # else the stream is refused when it opens, and Twilio tells them
+                s.stream.hang_up("the technologist left")
+            return
+        await self._end_radio_call(radio)
+
+    async def _end_radio_call(self, radio: Call) -> None:
         await self._say_on(radio, dialin_message(self._menu, "caller_left"))
         with contextlib.suppress(SipError):
             await radio.hangup()
-
-    async def _mark_connected(self, s: _Session, radiologist_leg: str) -> None:
-        assert s.incident_id is not None
-        async with self._sf() as db, db.begin():
-            done = await db.execute(
-                sa.update(Incident)
-                .where(Incident.id == s.incident_id, Incident.state == DbState.ACCEPTED)
-                .values(state=DbState.CONNECTED)
-                .execution_options(synchronize_session=False)
-            )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                return
-            incident = await db.get(Incident, s.incident_id, populate_existing=True)
-            assert incident is not None
-            await append_event(
-                db,
-                incident=incident,
-                leg_id=None,
-                kind="incident.connected",
-                data={"via": "sip_dialin_bridge", "caller_leg": s.leg_id, "radiologist_leg": radiologist_leg},
-                clock=self._clock,
-                source=self._node,
-            )
-        s.log.info("incident connected: two-way audio between the technologist and the radiologist")
 
     # ------------------------------------------------------------------------------------------ prompts
 
@@ -651,134 +750,11 @@ class DialIn:
         self, s: _Session, kind: str, data: dict[str, Any], utc: Any = None, mono: float | None = None
     ) -> None:
         """Record a leg fact: written at once once the leg exists, else kept (with its instant) until then."""
-        async with s.lock:
-            if s.leg_id is None:
-                stamped = dict(data)
-                stamped["observed_at"] = format_at(utc if utc is not None else self._clock.now())
-                stamped["observed_mono"] = round(mono if mono is not None else self._clock.monotonic(), 6)
-                s.pending.append((kind, stamped))
-                return
-            await self._append(s.incident_id, s.leg_id, kind, data)
-
-    async def _open_leg(self, s: _Session, incident_id: str) -> None:
-        call = s.call
-        async with s.lock, self._sf() as db, db.begin():
-            incident = await db.get(Incident, incident_id)
-            assert incident is not None
-            leg_id = new_id()
-            db.add(
-                CallLeg(
-                    id=leg_id,
-                    incident_id=incident_id,
-                    tier=None,
-                    person_id=None,
-                    contact_method_id=None,
-                    channel=ChannelKind.SIP,
-                    direction=Direction.INBOUND,
-                    address=str(call.remote_uri)[:255],
-                    external_ref=call.call_id[:255],
-                    created_at=self._clock.now(),
-                )
-            )
-            await db.flush()
-            facts: list[tuple[str, dict[str, Any]]] = [
-                (
-                    "leg.created",
-                    {
-                        "direction": "inbound",
-                        "channel": "sip",
-                        "from": str(call.remote_uri),
-                        "to": str(call.request_uri),
-                        "call_id": call.call_id,
-                        "room": s.room,
-                    },
-                ),
-                *s.pending,
-            ]
-            for kind, data in facts:
-                await append_event(
-                    db,
-                    incident=incident,
-                    leg_id=leg_id,
-                    kind=kind,
-                    data=data,
-                    clock=self._clock,
-                    source=self._node,
-                )
-            s.pending.clear()
-            s.leg_id = leg_id
+        await self._store.fact(s.facts, kind, data, utc, mono)
 
     async def _flush_refused(self, s: _Session, kind: str, **data: Any) -> None:
         """A call that raised no incident: one event in the global chain with every step it went through."""
-        async with s.lock:
-            steps = [{"kind": k, **d} for k, d in s.pending]
-            s.pending.clear()
-        payload = {
-            "from": str(s.call.remote_uri),
-            "to": str(s.call.request_uri),
-            "call_id": s.call.call_id,
-            "room": s.room,
-            "steps": steps,
-            **data,
-        }
-        await self._append(None, None, kind, payload)
-        log.info("dial-in call %s: %s (%s)", s.call.call_id, kind, data.get("reason"))
-
-    async def _append(
-        self, incident_id: str | None, leg_id: str | None, kind: str, data: dict[str, Any]
-    ) -> None:
-        async with self._sf() as db, db.begin():
-            incident = await db.get(Incident, incident_id) if incident_id is not None else None
-            await append_event(
-                db,
-                incident=incident,
-                leg_id=leg_id,
-                kind=kind,
-                data=data,
-                clock=self._clock,
-                source=self._node,
-            )
-
-    async def _record_leg(self, leg_id: str, kind: str, data: dict[str, Any]) -> None:
-        async with self._sf() as db:
-            incident_id = await db.scalar(sa.select(CallLeg.incident_id).where(CallLeg.id == leg_id))
-        if incident_id is None:
-            raise CommsError(f"leg {leg_id!r} is not known: cannot record {kind}")
-        await self._append(incident_id, leg_id, kind, data)
-
-    # ----------------------------------------------------------------------------------------- lookups
-
-    async def _rooms(self) -> list[tuple[str, str | None]]:
-        async with self._sf() as db:
-            rows = (await db.execute(sa.select(Room.code, Room.sip_phone_uri).where(Room.active))).all()
-        return [(str(code), uri) for code, uri in rows]
-
-    def _room_by_caller_id(self, caller: URI, rooms: Sequence[tuple[str, str | None]]) -> str | None:
-        found = []
-        for code, phone in rooms:
-            if phone is None:
-                continue
-            try:
-                uri = URI.parse(phone)
-            except SipError:
-                continue
-            if same_phone((caller.user, caller.host), (uri.user, uri.host)):
-                found.append(code)
-        return found[0] if len(found) == 1 else None
-
-    async def _incident_state(self, incident_id: str) -> DbState:
-        async with self._sf() as db:
-            state = await db.scalar(sa.select(Incident.state).where(Incident.id == incident_id))
-        if state is None:
-            raise CommsError(f"incident {incident_id!r} vanished while a technologist was on hold")
-        return DbState(state)
-
-    async def _events(self, incident_id: str) -> list[Event]:
-        async with self._sf() as db:
-            return list(
-                (
-                    await db.scalars(
-                        sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq)
-                    )
-                ).all()
-            )
+        call = s.call
+        identity = {"from": str(call.remote_uri), "to": str(call.request_uri), "call_id": call.call_id}
+        await self._store.flush_refused(s.facts, kind, {**identity, "room": s.room}, **data)
+        log.info("dial-in call %s: %s (%s)", call.call_id, kind, data.get("reason"))

@@ -30,6 +30,8 @@ Twilio posts every inbound call to our dial-in number to ``/twilio/dialin`` (sig
    cross-connected with the SIP leg's RTP session (:class:`~escalation.twilio_streams.RtpStreamBridge`). If the
    REST update fails, the caller's next ``<Redirect>`` gets the same document. Conference participant callbacks
    and the stream bridge's counters become ``bridge.*`` events and ``incident.connected``.
+
+The evidence, the reads and the bridge report are the SIP dial-in's, from :mod:`escalation.dialin_common`.
 """
 
 from __future__ import annotations
@@ -42,21 +44,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from twilio.base.exceptions import TwilioRestException
 
 from comms.clock import Clock
-from comms.db.events import append_event, format_at
-from comms.db.models import CallLeg, Event, Incident, Room
+from comms.db.events import format_at
 from comms.db.types import Channel as ChannelKind
-from comms.db.types import Direction
 from comms.db.types import IncidentState as DbState
-from comms.errors import CommsError, ValidationError
-from comms.ids import new_id
+from comms.errors import ValidationError
 from comms.phone import PhoneNumberError, mask, normalize_e164
 from escalation.channel import LegOrder
 from escalation.dialin import DialInSettings
+from escalation.dialin_common import (
+    RADIOLOGIST_CONNECTING,
+    BridgeReport,
+    CallFacts,
+    CallLog,
+    DialInStore,
+    FactsOwner,
+    acceptor_name,
+    hold_status_data,
+    nap,
+    raise_from_menu,
+    room_by_phone,
+)
 from escalation.runner import EscalationRunner
 from escalation.twilio_channel import TwilioSettings
 from escalation.twilio_streams import (
@@ -73,8 +84,6 @@ from ivr.dialin import (
     dial_plan,
     dialin_menu,
     dialin_message,
-    hold_status,
-    severity_from,
     speakable_number,
     spoken_name,
 )
@@ -92,14 +101,7 @@ __all__ = ["SOURCE", "TwilioDialIn"]
 log = logging.getLogger(__name__)
 
 SOURCE = "twilio_dialin"
-RADIOLOGIST_CONNECTING = "Thank you. Connecting you to the technologist of room {room} now."
 _FINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
-
-
-class _Log(logging.LoggerAdapter):  # type: ignore[type-arg]
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[incident={extra.get('incident')} leg={extra.get('leg')}] {msg}", kwargs
 
 
 @dataclass
@@ -111,19 +113,18 @@ class _Radio:
 
 
 @dataclass
-class _Caller:
+class _Caller(FactsOwner):
     call_sid: str
     caller: str
     to: str
-    log: _Log
+    log: CallLog
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Serialises this call's webhooks."""
+    facts: CallFacts = field(default_factory=CallFacts)
     ivr: TwimlCall | None = None
     first_twiml: str | None = None
     plan: DialPlan | None = None
     room: str | None = None
-    incident_id: str | None = None
-    leg_id: str | None = None
     hold_n: int = 0
     hold_started: float = 0.0
     last_status: float | None = None
@@ -157,14 +158,13 @@ class TwilioDialIn:
     ) -> None:
         if twilio.dialin_number is None:
             raise ValidationError("the Twilio dial-in needs twilio.dialin_number: expected an E.164 number")
-        self._sf = session_factory
+        self._store = DialInStore(session_factory, clock, node_id=node_id)
         self._runner = runner
         self._client = client
         self._twilio = twilio
         self._clock = clock
         self._grants = grants
         self.settings = settings or DialInSettings()
-        self._node = node_id
         self._prompts = prompts
         self._number = normalize_e164(twilio.dialin_number)
         self._voice = Voice(twilio.voice, twilio.language)
@@ -206,26 +206,19 @@ class TwilioDialIn:
         if existing is not None:
             async with existing.lock:
                 return existing.final or existing.first_twiml or hang_up()
-        c = self._callers[sid] = _Caller(sid, params.get("From", ""), to, _Log(log, {"incident": None}))
+        c = self._callers[sid] = _Caller(sid, params.get("From", ""), to, CallLog(log, {"incident": None}))
         async with c.lock:
             await self._fact(
                 c, "leg.invite_received", {"from": c.caller, "to": to, "call_sid": sid, "via": "twilio"}
             )
-            rooms = await self._rooms()
+            rooms = await self._store.rooms()
             c.plan = dial_plan([code for code, _ in rooms], self.settings.dial_codes)
             c.room = self._room_by_caller_id(c.caller, rooms)
             await self._fact(c, "leg.answered", {"call_sid": sid})
             if c.room is not None:
                 await self._fact(c, "dialin.room_identified", {"room": c.room, "by": "caller_id"})
-            st = self.settings
-            menu = dialin_menu(
-                room_known=c.room is not None,
-                timeout_s=st.ivr_timeout_s,
-                inter_digit_timeout_s=st.inter_digit_timeout_s,
-                retries=st.retries,
-            )
             c.ivr = TwimlCall(
-                menu,
+                self.settings.menu(room_known=c.room is not None),
                 {"room": speakable_room(c.room or "")},
                 action_url=self._twilio.url(f"/twilio/dialin/gather/{sid}"),
                 voice=self._voice,
@@ -289,26 +282,24 @@ class TwilioDialIn:
             await self._fact(c, "leg.bye_sent", {"reason": message})
             await self._flush_refused(c, "dialin.refused", reason=message, outcome=finish.outcome.value)
             return self._end(c, [dialin_message(self._menu, message, fallback=self._fallback)])
-        severity = severity_from(finish)
-        await self._fact(
-            c,
-            "dialin.severity_chosen",
-            {"severity": severity, "digits": finish.digits, "outcome": finish.outcome.value},
+        incident_id, severity = await raise_from_menu(
+            self._store, self._runner, c.facts, c.room, finish, source=SOURCE, log=c.log
         )
-        try:
-            incident_id = await self._runner.raise_incident(
-                room_code=c.room, severity=severity, source=SOURCE
-            )
-        except ValidationError as exc:
-            c.log.error("could not raise an incident for room %s: %s", c.room, exc)
-            await self._fact(c, "dialin.failed", {"error": str(exc)})
+        if incident_id is None:
             await self._fact(c, "leg.bye_sent", {"reason": "failed"})
             await self._flush_refused(c, "dialin.failed", reason="raise failed")
             return self._end(c, [dialin_message(self._menu, "failed", fallback=self._fallback)])
         # registered before any await: an accepted radiologist may be offered to us from now on
-        c.incident_id = incident_id
+        c.facts.incident_id = incident_id
         self._waiting[incident_id] = c
-        await self._open_leg(c, incident_id)
+        await self._store.open_leg(
+            c.facts,
+            incident_id,
+            channel=ChannelKind.PSTN_VOICE,
+            address=c.caller,
+            external_ref=c.call_sid,
+            created={"from": c.caller, "to": c.to, "call_sid": c.call_sid, "room": c.room},
+        )
         c.log.extra = {"incident": incident_id, "leg": c.leg_id}
         c.log.info("Twilio dial-in raised the incident for room %s, severity %s", c.room, severity)
         c.hold_started = self._clock.monotonic()
@@ -339,11 +330,10 @@ class TwilioDialIn:
     async def _hold(self, c: _Caller, incident_id: str) -> str:
         st = self.settings
         now = self._clock.monotonic()
-        state = await self._incident_state(incident_id)
+        state = await self._store.incident_state(incident_id)
         menu = self._menu
         if state in (DbState.ACCEPTED, DbState.CONNECTED):
-            status = hold_status(await self._events(incident_id))
-            name = spoken_name(status.names[0] if status.names else "the radiologist")
+            name = spoken_name(acceptor_name(await self._store.hold_status(incident_id)))
             if c.accepted_at is None:
                 c.accepted_at = now
                 c.announced = True
@@ -369,14 +359,10 @@ class TwilioDialIn:
         texts: list[str] = []
         if c.last_status is None or now - c.last_status >= st.status_interval_s:
             c.last_status = now
-            status = hold_status(await self._events(incident_id))
+            status = await self._store.hold_status(incident_id)
             text = status.text(menu, fallback=self._fallback)
             texts.append(text)
-            await self._fact(
-                c,
-                "dialin.hold_status",
-                {"phase": status.phase, "names": list(status.names), "attempt": status.attempt, "text": text},
-            )
+            await self._fact(c, "dialin.hold_status", hold_status_data(status, text))
         return self._hold_twiml(c, texts)
 
     def _hold_twiml(self, c: _Caller, texts: list[str]) -> str:
@@ -434,7 +420,7 @@ class TwilioDialIn:
         if radio is not None and radio.call is not None and c.bridge is None:
             # handed over, but the stream never came: the radiologist must not stay on a dead line
             try:
-                await self._record_leg(
+                await self._store.record_leg(
                     radio.order.leg_id, "leg.released", {"reason": "the technologist left"}
                 )
             finally:
@@ -482,7 +468,9 @@ class TwilioDialIn:
                     "caller_leg": c.leg_id,
                 },
             )
-            await self._record_leg(order.leg_id, "leg.bridged", {"caller_leg": c.leg_id, "via": "conference"})
+            await self._store.record_leg(
+                order.leg_id, "leg.bridged", {"caller_leg": c.leg_id, "via": "conference"}
+            )
             self._update_caller(c, c.final)
         c.log.info("radiologist leg %s joins the caller in conference %s", order.leg_id, name)
         return Handover(radio_twiml, "dialin_conference")
@@ -539,7 +527,9 @@ class TwilioDialIn:
         """Evidence of a stream bridge while it lasts; when one side leaves, the other is told and hung up."""
         assert radio.call is not None
         order, call = radio.order, radio.call
-        started = self._clock.monotonic()
+        report = BridgeReport(
+            self._store, c.facts, self._clock, radiologist_leg=order.leg_id, via="twilio_stream_bridge"
+        )
         await self._fact(
             c,
             "bridge.started",
@@ -552,44 +542,25 @@ class TwilioDialIn:
                 "caller_leg": c.leg_id,
             },
         )
-        await self._record_leg(order.leg_id, "leg.bridged", {"caller_leg": c.leg_id, "via": "stream"})
+        await self._store.record_leg(order.leg_id, "leg.bridged", {"caller_leg": c.leg_id, "via": "stream"})
         radio_done = asyncio.get_running_loop().create_task(call.wait_ended())
         radio_done.add_done_callback(lambda _t: wake.set())
-        reported: set[str] = set()
         try:
             while bridge.closed is None and not radio_done.done():
-                for d in bridge.snapshot():
-                    if d.established_mono is not None and d.name not in reported:
-                        reported.add(d.name)
-                        await self._fact(
-                            c,
-                            "bridge.media_established",
-                            {"direction": d.name, "after_ms": round((d.established_mono - started) * 1000)},
-                        )
-                if len(reported) == 2 and not c.connected:
+                if await report.update(bridge.snapshot()):
                     c.connected = True
-                    await self._mark_connected(c, order.leg_id, via="twilio_stream_bridge")
-                await self._nap(wake, self.settings.poll_s)
+                    c.log.info("incident connected: the technologist and the radiologist talk (stream)")
+                await nap(self._clock, wake, self.settings.poll_s)
         finally:
             if not radio_done.done():
                 radio_done.cancel()
         by = "caller" if bridge.closed is not None else "radiologist"
         if by == "radiologist":
             bridge.hang_up("radiologist left")  # Twilio then says "the doctor has left" and hangs up
-        directions = {d.name: d.snapshot() for d in bridge.snapshot()}
-        seconds = round(self._clock.monotonic() - started, 3)
-        await self._fact(c, "bridge.ended", {"by": by, "seconds": seconds, "directions": directions})
+        await report.ended(by, {d.name: d.snapshot() for d in bridge.snapshot()})
         if by == "caller":
             await self._say_on(call, dialin_message(self._menu, "caller_left"))
             await self._hang_up_sip(call)
-
-    async def _nap(self, wake: asyncio.Event, seconds: float) -> None:
-        wake.clear()
-        handle = self._clock.call_later(seconds, wake.set)
-        try:
-            await wake.wait()
-        finally:
-            handle.cancel()
 
     # ---------------------------------------------------------------------------- conference callbacks
 
@@ -614,7 +585,7 @@ class TwilioDialIn:
                     await self._fact(c, "bridge.participant_joined", {"who": who, "call_sid": sid})
                     if {"caller", "radiologist"} <= c.joined and not c.connected:
                         c.connected = True
-                        await self._mark_connected(c, radio.order.leg_id, via="twilio_conference")
+                        await self._mark_connected(c, radio.order.leg_id, "twilio_conference")
                 case "participant-leave":
                     await self._fact(c, "bridge.participant_left", {"who": who, "call_sid": sid})
                 case "conference-end":
@@ -677,127 +648,16 @@ class TwilioDialIn:
 
     async def _fact(self, c: _Caller, kind: str, data: dict[str, Any]) -> None:
         """A leg fact: written at once when the leg exists, else kept with its instant until it does."""
-        if c.leg_id is None:
-            stamped = dict(data)
-            stamped["observed_at"] = format_at(self._clock.now())
-            stamped["observed_mono"] = round(self._clock.monotonic(), 6)
-            c.pending.append((kind, stamped))
-            return
-        await self._append(c.incident_id, c.leg_id, kind, data)
-
-    async def _open_leg(self, c: _Caller, incident_id: str) -> None:
-        async with self._sf() as db, db.begin():
-            incident = await db.get(Incident, incident_id)
-            assert incident is not None
-            leg_id = new_id()
-            db.add(
-                CallLeg(
-                    id=leg_id,
-                    incident_id=incident_id,
-                    tier=None,
-                    person_id=None,
-                    contact_method_id=None,
-                    channel=ChannelKind.PSTN_VOICE,
-                    direction=Direction.INBOUND,
-                    address=c.caller[:255],
-                    external_ref=c.call_sid[:255],
-                    created_at=self._clock.now(),
-                )
-            )
-            await db.flush()
-            facts: list[tuple[str, dict[str, Any]]] = [
-                (
-                    "leg.created",
-                    {
-                        "direction": "inbound",
-                        "channel": "pstn_voice",
-                        "from": c.caller,
-                        "to": c.to,
-                        "call_sid": c.call_sid,
-                        "room": c.room,
-                    },
-                ),
-                *c.pending,
-            ]
-            for kind, data in facts:
-                await append_event(
-                    db,
-                    incident=incident,
-                    leg_id=leg_id,
-                    kind=kind,
-                    data=data,
-                    clock=self._clock,
-                    source=self._node,
-                )
-            c.pending.clear()
-            c.leg_id = leg_id
+        await self._store.fact(c.facts, kind, data)
 
     async def _flush_refused(self, c: _Caller, kind: str, **data: Any) -> None:
-        steps = [{"kind": k, **d} for k, d in c.pending]
-        c.pending.clear()
-        payload = {
-            "from": c.caller,
-            "to": c.to,
-            "call_sid": c.call_sid,
-            "room": c.room,
-            "steps": steps,
-            **data,
-        }
-        await self._append(None, None, kind, payload)
+        call = {"from": c.caller, "to": c.to, "call_sid": c.call_sid, "room": c.room}
+        await self._store.flush_refused(c.facts, kind, call, **data)
         log.info("Twilio dial-in call %s: %s (%s)", c.call_sid, kind, data.get("reason"))
 
-    async def _append(
-        self, incident_id: str | None, leg_id: str | None, kind: str, data: dict[str, Any]
-    ) -> None:
-        async with self._sf() as db, db.begin():
-            incident = await db.get(Incident, incident_id) if incident_id is not None else None
-            await append_event(
-                db,
-                incident=incident,
-                leg_id=leg_id,
-                kind=kind,
-                data=data,
-                clock=self._clock,
-                source=self._node,
-            )
-
-    async def _record_leg(self, leg_id: str, kind: str, data: dict[str, Any]) -> None:
-        async with self._sf() as db:
-            incident_id = await db.scalar(sa.select(CallLeg.incident_id).where(CallLeg.id == leg_id))
-        if incident_id is None:
-            raise CommsError(f"leg {leg_id!r} is not known: cannot record {kind}")
-        await self._append(incident_id, leg_id, kind, data)
-
-    async def _mark_connected(self, c: _Caller, radiologist_leg: str, *, via: str) -> None:
-        assert c.incident_id is not None
-        async with self._sf() as db, db.begin():
-            done = await db.execute(
-                sa.update(Incident)
-                .where(Incident.id == c.incident_id, Incident.state == DbState.ACCEPTED)
-                .values(state=DbState.CONNECTED)
-                .execution_options(synchronize_session=False)
-            )
-            if done.rowcount != 1:  # type: ignore[attr-defined]
-                return
-            incident = await db.get(Incident, c.incident_id, populate_existing=True)
-            assert incident is not None
-            await append_event(
-                db,
-                incident=incident,
-                leg_id=None,
-                kind="incident.connected",
-                data={"via": via, "caller_leg": c.leg_id, "radiologist_leg": radiologist_leg},
-                clock=self._clock,
-                source=self._node,
-            )
-        c.log.info("incident connected: the technologist and the radiologist talk (%s)", via)
-
-    # -------------------------------------------------------------------------------------- lookups
-
-    async def _rooms(self) -> list[tuple[str, str | None]]:
-        async with self._sf() as db:
-            rows = (await db.execute(sa.select(Room.code, Room.sip_phone_uri).where(Room.active))).all()
-        return [(str(code), uri) for code, uri in rows]
+    async def _mark_connected(self, c: _Caller, radiologist_leg: str, via: str) -> None:
+        if await self._store.mark_connected(c.facts, radiologist_leg, via=via):
+            c.log.info("incident connected: the technologist and the radiologist talk (%s)", via)
 
     @staticmethod
     def _room_by_caller_id(caller: str, rooms: Sequence[tuple[str, str | None]]) -> str | None:
@@ -806,31 +666,11 @@ class TwilioDialIn:
             number = normalize_e164(caller)
         except PhoneNumberError:
             return None
-        found = []
-        for code, phone in rooms:
-            if phone is None:
-                continue
+
+        def same_number(uri: URI) -> bool:
             try:
-                user = URI.parse(phone).user
-                if user is not None and normalize_e164(user) == number:
-                    found.append(code)
-            except (SipError, PhoneNumberError):
-                continue
-        return found[0] if len(found) == 1 else None
+                return uri.user is not None and normalize_e164(uri.user) == number
+            except PhoneNumberError:
+                return False
 
-    async def _incident_state(self, incident_id: str) -> DbState:
-        async with self._sf() as db:
-            state = await db.scalar(sa.select(Incident.state).where(Incident.id == incident_id))
-        if state is None:
-            raise CommsError(f"incident {incident_id!r} vanished while a technologist was on hold")
-        return DbState(state)
-
-    async def _events(self, incident_id: str) -> list[Event]:
-        async with self._sf() as db:
-            return list(
-                (
-                    await db.scalars(
-                        sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq)
-                    )
-                ).all()
-            )
+        return room_by_phone(rooms, same_number)

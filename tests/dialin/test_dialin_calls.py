@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -23,33 +22,18 @@ from typing import Any
 import sqlalchemy as sa
 
 from comms.db.events import verify_chain
-from comms.db.models import CallLeg, Event
+from comms.db.models import Event
 from comms.db.types import Direction
 from tests.dialin.conftest import FALLBACK, DialInNode, tone_seconds, write_tone
+from tests.dialin.support import dialin_incident, wait_for
 from tests.slice.conftest import Radiologist
 
 Sipp = Callable[..., Any]
 TONE_HZ = 700.0
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def only_incident(node: DialInNode) -> str:
-    async with node.sessions() as s:
-        ids = (
-            await s.scalars(sa.select(CallLeg.incident_id).where(CallLeg.direction == Direction.INBOUND))
-        ).all()
-    return ids[0] if ids else ""
+    return await dialin_incident(node.sessions)
 
 
 async def global_events(node: DialInNode) -> list[Event]:

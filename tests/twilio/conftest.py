@@ -3,24 +3,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from comms.clock import SystemClock
 from comms.db.engine import create_engine, migrate, session_factory, sqlite_url
 from comms.db.models import (
-    CallLeg,
     ContactMethod,
     EscalationPolicy,
-    Event,
     Incident,
     Person,
     PolicyTier,
@@ -37,6 +32,7 @@ from escalation.twilio_channel import (
     close_twilio_client,
     twilio_client,
 )
+from tests.dialin.support import EvidenceReads, Rad
 from tests.twilio.fake_twilio import FakeTwilio, Phone
 
 ACCOUNT_SID = "AC" + "0" * 32
@@ -45,16 +41,7 @@ OUR_NUMBER = "+13125550100"
 PUBLIC_BASE = "https://comms.example.test"
 
 
-@dataclass
-class Rad:
-    username: str
-    name: str
-    voice: str | None = None
-    sms: str | None = None
-    pin: str | None = None
-
-
-class TwilioNode:
+class TwilioNode(EvidenceReads):
     def __init__(
         self,
         engine: AsyncEngine,
@@ -115,56 +102,12 @@ class TwilioNode:
                     )
                 )
 
-    async def events(self, incident_id: str | None) -> list[Event]:
-        where = Event.incident_id.is_(None) if incident_id is None else Event.incident_id == incident_id
-        async with self.sessions() as s:
-            return list((await s.scalars(sa.select(Event).where(where).order_by(Event.seq))).all())
-
-    async def legs(self, incident_id: str) -> list[CallLeg]:
-        async with self.sessions() as s:
-            return list(
-                (
-                    await s.scalars(
-                        sa.select(CallLeg)
-                        .where(CallLeg.incident_id == incident_id)
-                        .order_by(CallLeg.created_at)
-                    )
-                ).all()
-            )
-
-    async def incident(self, incident_id: str) -> Incident:
-        async with self.sessions() as s:
-            incident = await s.get(Incident, incident_id)
-            assert incident is not None
-            return incident
-
-    async def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            value = await predicate()
-            if value:
-                return value
-            if loop.time() > end:
-                raise AssertionError(f"{what} not reached within {timeout} s")
-            await asyncio.sleep(0.03)
-
     async def wait_state(self, incident_id: str, states: set[str], timeout: float = 20.0) -> Incident:
         async def check() -> Incident | None:
             incident = await self.incident(incident_id)
             return incident if incident.state.value in states else None
 
         result: Incident = await self.wait_for(check, timeout, f"incident state in {sorted(states)}")
-        return result
-
-    async def wait_event(
-        self, incident_id: str, kind: str, count: int = 1, timeout: float = 20.0
-    ) -> list[Event]:
-        async def check() -> list[Event] | None:
-            found = [e for e in await self.events(incident_id) if e.kind == kind]
-            return found if len(found) >= count else None
-
-        result: list[Event] = await self.wait_for(check, timeout, f"{count} x {kind}")
         return result
 
     async def wait_calls_done(self, timeout: float = 20.0) -> None:

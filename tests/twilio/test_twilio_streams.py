@@ -12,7 +12,6 @@ one-time grant token from our ``<Parameter>``) and sending/receiving 20 ms µ-la
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 
 from comms.db.types import Direction
 from escalation.twilio_streams import stream_url
+from tests.dialin.support import tone_seconds_in
 from tests.gateway.support import AiortcRoom, until
 from tests.twilio.app_node import DIALIN_NUMBER, ROOM_PHONE, AppNode, Rad
 from tests.twilio.conftest import PUBLIC_BASE
@@ -40,18 +40,7 @@ def tone_seconds(frames: list[Any], hz: float, *, window: int = 2000, min_dbfs: 
     """Seconds of 8 kHz PCM ``frames`` dominated (> 60 % of the energy within ±25 Hz) by a tone at ``hz``."""
     if not frames:
         return 0.0
-    data = np.concatenate(frames).astype(np.float64)
-    found = 0
-    for start in range(0, len(data) - window + 1, window):
-        x = data[start : start + window]
-        rms = math.sqrt(float(np.mean(x * x))) / 32768.0
-        if rms <= 0 or 20 * math.log10(rms) < min_dbfs:
-            continue
-        spectrum = np.abs(np.fft.rfft(x * np.hanning(window))) ** 2
-        freqs = np.fft.rfftfreq(window, 1.0 / 8000)
-        if spectrum[(freqs > hz - 25) & (freqs < hz + 25)].sum() / spectrum.sum() > 0.6:
-            found += 1
-    return found * window / 8000
+    return tone_seconds_in(np.concatenate(frames), 8000, hz, window=window, min_dbfs=min_dbfs)
 
 
 async def test_room_incident_accepted_on_twilio_is_streamed_to_the_room(
