@@ -33,8 +33,10 @@ from escalation.twilio_channel import (
 )
 from escalation.twilio_dialin import TwilioDialIn
 from escalation.twilio_streams import StreamGrants, chain_twilio_accepted, room_stream_handler
+from escalation.video_link import VideoLinkSender
 from escalation.watchdog import OpsContact, Watchdog
 from ivr.prompts import PromptRenderer
+from ivr.twiml import Voice
 from media.gateway import MediaGateway
 from media.turn import TurnRest
 from media.webrtc import IceServer
@@ -133,6 +135,7 @@ class CommsApp:
         self.twilio_dialin: TwilioDialIn | None = None
         self._pager: PagerChannel | None = None
         self.gateway: MediaGateway | None = None
+        self.video_links: VideoLinkSender | None = None
         self.http_port: int = config.http_port
         self.twilio_port: int = config.twilio_port
 
@@ -197,6 +200,12 @@ class CommsApp:
             self.ua.on_incoming(self.dialin.handle)
             # a technologist waiting on the line gets the radiologist first; otherwise the room's live session
             channel.on_accepted = chain_accepted(self.dialin.on_accepted, self.gateway.on_accepted)
+            if cfg.twilio is not None and voice is not None and voice.on_accepted is not None:
+                # likewise a radiologist who accepts on a Twilio call: a media stream bridged to the caller's leg
+                streamed = self.dialin.twilio_accepted_handler(
+                    grants, cfg.twilio.public_base_url, Voice(cfg.twilio.voice, cfg.twilio.language)
+                )
+                voice.on_accepted = chain_twilio_accepted(streamed, voice.on_accepted)
         if cfg.twilio is not None and cfg.twilio.dialin_number is not None and voice is not None:
             self.twilio_dialin = tdi = TwilioDialIn(
                 self.sessions,
@@ -215,6 +224,22 @@ class CommsApp:
             voice.on_accepted = chain_twilio_accepted(tdi.on_twilio_accepted, voice.on_accepted)
             first = (self.dialin.on_accepted,) if self.dialin is not None else ()
             channel.on_accepted = chain_accepted(*first, tdi.on_sip_accepted, self.gateway.on_accepted)
+        # after the accept chains are final: a radiologist who accepted on a phone is texted the console link
+        # (in the background, once the chain has joined the call); the link is under the public base URL
+        gateways = [g.public_base_url for g in (cfg.twilio, cfg.pager) if g is not None]
+        self.video_links = links = VideoLinkSender(
+            self.sessions,
+            self.clock,
+            public_base_url=gateways[0] if gateways else f"http://{cfg.http_host}:{cfg.http_port}",
+            node_id=cfg.node_id,
+            twilio=cfg.twilio,
+            twilio_client=self._twilio_client,
+            pager=cfg.pager,
+        )
+        if channel.on_accepted is not None:
+            channel.on_accepted = links.sip_hook(channel.on_accepted, prompts=self.prompts)
+        if voice is not None and voice.on_accepted is not None:
+            voice.on_accepted = links.twilio_hook(voice.on_accepted)
         if sms is not None:
             sms.attach(self.runner)
         # the watchdog runs in a thread with its own engine and ops client: a stalled loop still raises it
@@ -278,6 +303,8 @@ class CommsApp:
             await self.dialin.close()
         if self.twilio_dialin is not None:
             await self.twilio_dialin.close()
+        if self.video_links is not None:
+            await self.video_links.close()
         if self.runner is not None:
             await self.runner.stop()
         if self.gateway is not None:

@@ -251,7 +251,10 @@ class WctpClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PagerError(f"WCTP gateway unreachable: {type(exc).__name__}: {exc}") from exc
 
-    async def submit(self, recipient_id: str, message_id: str, text: str, now: dt.datetime) -> str:
+    async def submit(
+        self, recipient_id: str, message_id: str, text: str, now: dt.datetime, *, two_way: bool = True
+    ) -> str:
+        """Submit a page; returns the gateway's tracking number. ``two_way=False``: information only, no reply."""
         body = wctp_submit(
             sender_id=self._s.wctp_sender_id,
             security_code=self._s.wctp_security_code,
@@ -259,6 +262,7 @@ class WctpClient:
             message_id=message_id,
             text=text,
             now=now,
+            two_way=two_way,
         )
         return parse_wctp_submit(await self._post(body))
 

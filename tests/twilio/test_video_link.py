@@ -1,0 +1,361 @@
+"""The video link: a radiologist who accepts on a phone is texted the room console's address.
+
+A whole node (``comms.app.CommsApp``: SQLite, our SIP stack, the media gateway, the Twilio channels against the
+fake Twilio, the pager channel against the loopback WCTP gateway) and a live room (an aiortc tablet), so that an
+accepted call is really bridged:
+
+* a SIP radiologist (the pjsua2 softphone) with an ``sms`` contact presses 1: one SMS with the console link and
+  no PHI reaches the fake Twilio, ``leg.video_link_sent`` is in the incident's chain (which verifies), and the
+  call hears "A video link has been sent to your phone." (``leg.video_link_announced``);
+* a Twilio-voice radiologist accepts: the same SMS, the call streamed to the room;
+* a radiologist with only a pager contact: a one-way WCTP message carries the link;
+* no text-capable contact: ``leg.video_link_skipped`` with the reason, the call still bridged; an accept that is
+  not on a phone is never sent a link;
+* the SMS API answers 500: ``leg.video_link_failed`` with the reason, the bridge is not affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import pytest
+import sqlalchemy as sa
+from aiohttp import web
+
+from comms import phi
+from comms.app import AppConfig, CommsApp
+from comms.clock import SystemClock
+from comms.db.engine import sqlite_url
+from comms.db.events import verify_chain
+from comms.db.models import (
+    CallLeg,
+    ContactMethod,
+    EscalationPolicy,
+    Event,
+    Incident,
+    Person,
+    PolicyTier,
+    Room,
+    Site,
+)
+from comms.db.types import ContactKind
+from escalation.channel import LegOrder
+from escalation.pager import PagerSettings
+from escalation.twilio_channel import TwilioSettings
+from escalation.video_link import ANNOUNCED_TEXT, VideoLinkSender, console_url
+from tests.gateway.support import AiortcRoom, until
+from tests.pager.servers import WctpServer
+from tests.twilio.fake_twilio import FakeCall, FakeTwilio, Phone
+
+ACCOUNT_SID = "AC" + "1" * 32
+AUTH_TOKEN = "e" * 32
+OUR_NUMBER = "+13125550100"
+PUBLIC_BASE = "https://comms.example.test"
+LEE = "+13125550111"
+PAGER_ID = "5551001"
+LINK = f"{PUBLIC_BASE}/rooms/CT2/console"
+
+
+@pytest.fixture(autouse=True)
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host candidates on 127.0.0.1 only (aioice leaves loopback out by default)."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+class BrokenSmsTwilio(FakeTwilio):
+    """The fake Twilio whose Messages API fails with HTTP 500 (calls work)."""
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        self.rest_requests.append("messages.create")
+        return self._error(20500, "Internal Server Error", status=500)
+
+
+class Node:
+    def __init__(self, app: CommsApp, fake: FakeTwilio, wctp: WctpServer, room: AiortcRoom) -> None:
+        self.app, self.fake, self.wctp, self.room = app, fake, wctp, room
+
+    @property
+    def sessions(self) -> Any:
+        assert self.app.sessions is not None
+        return self.app.sessions
+
+    async def radiologist(self, **contacts: str) -> None:
+        """One tier with one radiologist whose contacts are ``sip=``, ``pstn_voice=``, ``sms=``, ``pager=``."""
+        async with self.sessions() as s, s.begin():
+            site = Site(code="north", name="Northside Imaging", timezone="America/Chicago", us_state="IL")
+            s.add(site)
+            await s.flush()
+            token = hashlib.sha256(b"CT2").hexdigest()
+            s.add(Room(site_id=site.id, code="CT2", name="CT 2", device_token_hash=token))
+            policy = EscalationPolicy(site_id=site.id, name="contrast", version=1)
+            s.add(policy)
+            await s.flush()
+            person = Person(username="drlee", display_name="Dr Lee", roles="radiologist", npi="1234567893")
+            s.add(person)
+            await s.flush()
+            for kind, address in contacts.items():
+                s.add(ContactMethod(person_id=person.id, kind=ContactKind(kind), address=address))
+            s.add(PolicyTier(policy_id=policy.id, position=1, ring_timeout_s=20, targets=["person:drlee"]))
+
+    async def raise_incident(self) -> str:
+        gateway = self.app.gateway
+        assert gateway is not None and self.app.runner is not None
+        await self.room.answer(await gateway.room_offer("CT2", await self.room.offer()))
+        await until(lambda: gateway.rooms["CT2"].session.state == "connected")
+        return await self.app.runner.raise_incident(room_code="CT2", severity="severe", source="test")
+
+    async def events(self, incident_id: str) -> list[Event]:
+        async with self.sessions() as s:
+            query = sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq)
+            return list((await s.scalars(query)).all())
+
+    async def wait_event(self, incident_id: str, kind: str, timeout: float = 25.0) -> Event:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            found = [e for e in await self.events(incident_id) if e.kind == kind]
+            if found:
+                return found[0]
+            if loop.time() > end:
+                raise AssertionError(f"{kind} not seen within {timeout} s")
+            await asyncio.sleep(0.05)
+
+    async def order(self, leg_id: str | None) -> LegOrder:
+        """A LegOrder for leg ``leg_id``, as the runner would have built it."""
+        async with self.sessions() as s:
+            leg = await s.get(CallLeg, leg_id)
+            assert leg is not None
+            inc = await s.get(Incident, leg.incident_id)
+            assert inc is not None
+            return LegOrder(
+                leg_id=leg.id,
+                incident_id=inc.id,
+                incident_code=inc.code,
+                severity=inc.severity.value,
+                site_name="Northside Imaging",
+                room_code="CT2",
+                room_name="CT 2",
+                person_id=str(leg.person_id),
+                person_name="Dr Lee",
+                kind=leg.channel.value,
+                address=leg.address,
+                ring_timeout_s=20.0,
+                tier=0,
+            )
+
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """``await make_node(fake_cls=FakeTwilio)``: a started node with Twilio and a WCTP pager gateway."""
+    started: list[Node] = []
+
+    async def make(*, fake_cls: type[FakeTwilio] = FakeTwilio) -> Node:
+        fake = fake_cls(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, public_base=PUBLIC_BASE, burst=False)
+        fake.phones = {LEE: Phone("human", keys="1", tone_hz=700.0)}
+        api = await fake.start()
+        wctp = WctpServer({PAGER_ID})
+        await wctp.start()
+        twilio = TwilioSettings(
+            account_sid=ACCOUNT_SID,
+            auth_token=AUTH_TOKEN,
+            from_number=OUR_NUMBER,
+            public_base_url=PUBLIC_BASE,
+            api_base_url=api,
+            ivr_timeout_s=2.0,
+            status_hold_s=1.0,
+        )
+        pager = PagerSettings(
+            wctp_url=wctp.url,
+            wctp_security_code="s3cret",
+            public_base_url=PUBLIC_BASE,
+            poll_s=0.1,
+            timeout_s=2.0,
+        )
+        config = AppConfig(
+            database_url=sqlite_url(tmp_path / "comms.db"),
+            data_dir=tmp_path,
+            http_port=0,
+            sip_udp_port=0,
+            sip_tcp_port=None,
+            prompt_cache_dir=tmp_path / "prompts",
+            ivr_timeout_s=6.0,
+            safety_poll_s=0.2,
+            min_ring_s=2.0,
+            dialin=None,
+            twilio=twilio,
+            twilio_port=0,
+            pager=pager,
+        )
+        app = CommsApp(config, SystemClock())
+        await app.start()
+        fake.webhook_base = f"http://127.0.0.1:{app.twilio_port}"
+        node = Node(app, fake, wctp, AiortcRoom(freq=440.0))
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        await node.room.close()
+        await node.fake.close()
+        await node.app.stop()
+        await node.wctp.close()
+
+
+def _call_to(fake: FakeTwilio, number: str) -> FakeCall | None:
+    return next((c for c in fake.calls.values() if c.to == number), None)
+
+
+async def _chain_ok(node: Node, incident_id: str) -> list[Event]:
+    events = await node.events(incident_id)
+    assert verify_chain(events) == []
+    return events
+
+
+def _link_messages(fake: FakeTwilio) -> list[dict[str, str]]:
+    """The SMS carrying the console link (a person with an ``sms`` contact is also paged by SMS)."""
+    return [m for m in fake.messages if "/console" in m["body"]]
+
+
+def _assert_link_sms(body: str, code: str) -> None:
+    assert LINK in body and f"Code {code}" in body and "Northside Imaging" in body
+    assert phi.scan(body) == []
+    assert "Dr Lee" not in body  # no names at all, not even the radiologist's
+
+
+async def test_sip_radiologist_with_sms_gets_the_console_link_and_hears_it_was_sent(
+    make_node: NodeFactory, softphone: Any
+) -> None:
+    from sip.softphone import Behaviour
+
+    softphone.set_behaviour(Behaviour(answer_after=0.2, press="1", press_after=1.5))
+    node = await make_node()
+    await node.radiologist(sip=softphone.uri(), sms=LEE)
+    incident_id = await node.raise_incident()
+
+    sent = await node.wait_event(incident_id, "leg.video_link_sent")
+    announced = await node.wait_event(incident_id, "leg.video_link_announced")
+    (msg,) = _link_messages(node.fake)
+    assert msg["to"] == LEE and msg["from"] == OUR_NUMBER
+    order = await node.order(sent.leg_id)
+    _assert_link_sms(msg["body"], order.incident_code)
+    assert order.kind == "sip"
+    assert sent.data == {
+        "channel": "sms",
+        "via": "twilio-sms",
+        "to": "+1312555****",
+        "provider_id": msg["sid"],
+        "link": LINK,
+    }
+    assert announced.leg_id == order.leg_id and announced.data == {"text": ANNOUNCED_TEXT}
+    events = await _chain_ok(node, incident_id)
+    kinds = [e.kind for e in events if e.leg_id == order.leg_id]
+    # the bridge came first; the link followed it
+    assert kinds.index("leg.accepted") < kinds.index("leg.handed_over") < kinds.index("leg.video_link_sent")
+    assert "leg.ended" not in kinds  # still on the call
+
+
+async def test_twilio_voice_radiologist_with_sms_gets_the_console_link(make_node: NodeFactory) -> None:
+    node = await make_node()
+    await node.radiologist(pstn_voice=LEE, sms=LEE)
+    incident_id = await node.raise_incident()
+
+    sent = await node.wait_event(incident_id, "leg.video_link_sent")
+    (msg,) = _link_messages(node.fake)
+    code = (await node.order(sent.leg_id)).incident_code
+    _assert_link_sms(msg["body"], code)
+    assert sent.data["provider_id"] == msg["sid"] and sent.data["to"] == "+1312555****"
+    call = _call_to(node.fake, LEE)
+    assert call is not None and "<Connect><Stream" in call.twiml[-1]  # streamed to the room
+    events = await _chain_ok(node, incident_id)
+    assert [e.data for e in events if e.kind == "leg.handed_over"] == [{"to": "room_stream"}]
+    assert not any(e.kind == "leg.video_link_announced" for e in events)  # spoken only on SIP calls
+
+    # a node without Twilio cannot reach the sms contact: nothing is sent, and the record says why
+    bare = VideoLinkSender(node.sessions, SystemClock(), public_base_url=PUBLIC_BASE, node_id="node-x")
+    assert await bare.send(await node.order(sent.leg_id)) == []
+    await bare.close()
+    skipped = [e for e in await _chain_ok(node, incident_id) if e.kind == "leg.video_link_skipped"]
+    assert [(e.leg_id, e.source, e.data) for e in skipped] == [
+        (sent.leg_id, "node-x", {"reason": "sms contacts need Twilio, which is not configured"})
+    ]
+
+
+async def test_pager_only_radiologist_gets_a_one_way_wctp_page_with_the_link(make_node: NodeFactory) -> None:
+    node = await make_node()
+    await node.radiologist(pstn_voice=LEE, pager=f"wctp:{PAGER_ID}")
+    incident_id = await node.raise_incident()
+
+    sent = await node.wait_event(incident_id, "leg.video_link_sent")
+    (page,) = [p for p in node.wctp.pages.values() if "/console" in p.text]  # the other is the alert page
+    assert page.recipient == PAGER_ID
+    code = (await node.order(sent.leg_id)).incident_code
+    _assert_link_sms(page.text, code)
+    assert page.choices == [] and not page.allow_response  # informational: nothing to accept or decline
+    assert sent.data == {
+        "channel": "pager",
+        "via": "wctp",
+        "to": "wctp:555****",
+        "provider_id": page.tracking,
+        "link": LINK,
+    }
+    assert _link_messages(node.fake) == []
+    await _chain_ok(node, incident_id)
+
+
+async def test_no_text_contact_is_recorded_and_the_call_stays_bridged(make_node: NodeFactory) -> None:
+    node = await make_node()
+    await node.radiologist(pstn_voice=LEE)
+    incident_id = await node.raise_incident()
+
+    skipped = await node.wait_event(incident_id, "leg.video_link_skipped")
+    assert skipped.data == {"reason": "no active sms or pager contact"}
+    call = _call_to(node.fake, LEE)
+    assert call is not None
+    await until(lambda: bool(call.streams) and len(call.streams[0].heard) > 50, within=15)
+    assert not call.done.is_set()  # the radiologist still hears the room
+    assert node.fake.messages == [] and node.wctp.pages == {}
+
+    # an accept that did not come from a phone (e.g. the console itself) is never sent a link
+    order = await node.order(skipped.leg_id)
+    assert order.kind == "pstn_voice"
+    links = node.app.video_links
+    assert links is not None
+    assert await links.send(dataclasses.replace(order, kind="webrtc")) == []
+    events = await _chain_ok(node, incident_id)
+    reasons = [e.data["reason"] for e in events if e.kind == "leg.video_link_skipped"]
+    assert reasons == ["no active sms or pager contact", "accepted on webrtc, not on a phone: no link needed"]
+
+
+async def test_failing_sms_api_is_recorded_and_the_bridge_is_unaffected(make_node: NodeFactory) -> None:
+    node = await make_node(fake_cls=BrokenSmsTwilio)
+    await node.radiologist(pstn_voice=LEE, sms=LEE)
+    incident_id = await node.raise_incident()
+
+    failed = await node.wait_event(incident_id, "leg.video_link_failed")
+    assert failed.data["channel"] == "sms" and failed.data["to"] == "+1312555****"
+    assert "HTTP 500" in failed.data["reason"]
+    assert "messages.create" in node.fake.rest_requests
+    call = _call_to(node.fake, LEE)
+    assert call is not None
+    await until(lambda: bool(call.streams) and len(call.streams[0].heard) > 50, within=15)
+    assert not call.done.is_set()
+    events = await _chain_ok(node, incident_id)
+    assert [e.data for e in events if e.kind == "leg.handed_over"] == [{"to": "room_stream"}]
+    assert not any(e.kind == "leg.video_link_sent" for e in events)
+
+
+def test_console_url_is_the_console_route() -> None:
+    from comms.web.media_routes import MEDIA_ROUTES
+
+    (route,) = [r for r in MEDIA_ROUTES if r.name == "console_page"]
+    assert route.path == "/rooms/{code}/console"
+    assert console_url("https://comms.example.test/", "CT2") == LINK
