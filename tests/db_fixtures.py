@@ -1,4 +1,5 @@
-"""Database fixtures shared by tests/db and tests/directory: each runs on SQLite and on PostgreSQL."""
+"""Database fixtures shared by tests/db, tests/directory and the runner tests (tests/engine, tests/escalation,
+tests/pager): each runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -38,3 +39,9 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def sf(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """``sessions`` under the name the runner tests give it."""
+    return sessions

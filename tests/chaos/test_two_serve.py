@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -34,14 +34,13 @@ from tests.chaos.serve import ServeNode, run_cli
 from tests.engine.helpers import npi
 from tests.peers.fixtures import sipp  # noqa: F401  (fixture)
 from tests.pg import migrated_database
-from tests.slice.conftest import prompt_cache  # noqa: F401  (fixture)
+from tests.support import EvidenceReads, prompt_cache, wait_for  # noqa: F401  (prompt_cache: a fixture)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.peer, pytest.mark.timeout(120)]
 
 TOKEN = "two-serve-room-token-0123456789"
 RING_S = 10
 POLL_S = 0.5
-T = TypeVar("T")
 Sipp = Callable[..., Any]
 
 
@@ -97,49 +96,14 @@ def now() -> dt.datetime:
     return SystemClock().now()
 
 
-async def until(probe: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await SystemClock().sleep(0.05)
-
-
-class Evidence:
+class Evidence(EvidenceReads):
     """Reads the shared database the way an auditor would."""
 
     def __init__(self, sf: async_sessionmaker[AsyncSession]) -> None:
-        self.sf = sf
-
-    async def events(self, incident_id: str | None) -> list[Event]:
-        where = Event.incident_id.is_(None) if incident_id is None else Event.incident_id == incident_id
-        async with self.sf() as s:
-            return list((await s.scalars(sa.select(Event).where(where).order_by(Event.seq))).all())
-
-    async def incident(self, incident_id: str) -> Incident:
-        async with self.sf() as s:
-            incident = await s.get(Incident, incident_id)
-        assert incident is not None
-        return incident
-
-    async def legs(self, incident_id: str) -> list[CallLeg]:
-        async with self.sf() as s:
-            return list(
-                (
-                    await s.scalars(
-                        sa.select(CallLeg)
-                        .where(CallLeg.incident_id == incident_id)
-                        .order_by(CallLeg.created_at)
-                    )
-                ).all()
-            )
+        self.sessions = sf
 
     async def places(self, incident_id: str) -> list[Outbox]:
-        async with self.sf() as s:
+        async with self.sessions() as s:
             return list(
                 (
                     await s.scalars(
@@ -237,13 +201,13 @@ async def test_two_serve_nodes_on_postgresql_one_killed_while_tier_1_rings(
     try:
         await asyncio.gather(*(n.start() for n in nodes.values()))
         incident_id = await raise_incident(nodes["node-a"])
-        tier1 = await until(lambda: ev.tier1_ringing(incident_id), 20, "tier 1's phone rings")
+        tier1 = await wait_for(lambda: ev.tier1_ringing(incident_id), 20, "tier 1's phone rings")
         (row1,) = await ev.places(incident_id)
         owner = row1.node  # node-a in practice (it was raised there and it ticks at once); either is fine
         survivor = next(n for n in nodes if n != owner)
         await nodes[owner].kill9()
         killed_at = now()
-        incident = await until(lambda: ev.closed(incident_id), 60, "the survivor closes the incident")
+        incident = await wait_for(lambda: ev.closed(incident_id), 60, "the survivor closes the incident")
     finally:
         for node in nodes.values():
             await node.stop()
@@ -303,7 +267,7 @@ async def test_one_sqlite_serve_node_killed_and_restarted_after_a_deadline_passe
     try:
         await node.start()
         incident_id = await raise_incident(node)
-        tier1 = await until(lambda: ev.tier1_ringing(incident_id), 20, "tier 1's phone rings")
+        tier1 = await wait_for(lambda: ev.tier1_ringing(incident_id), 20, "tier 1's phone rings")
         await node.kill9()
         events = await ev.events(incident_id)
         deadline1 = dt.datetime.fromisoformat(one(events, "incident.tier_started", tier=0).data["deadline"])
@@ -312,7 +276,9 @@ async def test_one_sqlite_serve_node_killed_and_restarted_after_a_deadline_passe
         restarted_at = now()
         await node.start()
         ready_at = now()
-        incident = await until(lambda: ev.closed(incident_id), 40, "the restarted node closes the incident")
+        incident = await wait_for(
+            lambda: ev.closed(incident_id), 40, "the restarted node closes the incident"
+        )
     finally:
         await node.stop()
     events = await ev.events(incident_id)

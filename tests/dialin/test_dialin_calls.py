@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from comms.db.events import verify_chain
 from comms.db.models import Event
 from comms.db.types import Direction
-from tests.dialin.conftest import FALLBACK, DialInNode, tone_seconds, write_tone
-from tests.dialin.support import dialin_incident, wait_for
+from tests.dialin.conftest import FALLBACK, DialInNode
 from tests.slice.conftest import Radiologist
+from tests.support import dialin_incident, wait_for, wav_tone_seconds, write_tone
 
 Sipp = Callable[..., Any]
 TONE_HZ = 700.0
@@ -52,7 +52,7 @@ async def test_sipp_keys_room_and_severity_holds_and_is_bridged_to_the_radiologi
 ) -> None:
     from sip.softphone import Behaviour, RecordingClosed
 
-    tone = write_tone(tmp_path / "tone700.wav", TONE_HZ, 40.0)
+    tone = write_tone(tmp_path / "tone700.wav", seconds=40.0, freq=TONE_HZ, amplitude=0.3)
     records = tmp_path / "records"
     records.mkdir()
     # rings 4 s, presses 1 7 s after answering (two hold statuses are heard by then), hangs up 20 s after answer
@@ -143,7 +143,7 @@ async def test_sipp_keys_room_and_severity_holds_and_is_bridged_to_the_radiologi
     assert bridge_started.mono - accepted.mono < 10
 
     # the softphone heard its own tone back through bridge -> SIPp echo -> bridge
-    heard = tone_seconds(recording.path, TONE_HZ)
+    heard = wav_tone_seconds(recording.path, TONE_HZ)
     assert heard >= 2.0, f"only {heard:.2f} s of the 700 Hz tone came back through SIPp"
 
 

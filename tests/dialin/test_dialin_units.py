@@ -33,7 +33,7 @@ from media.errors import MediaError
 from media.legbridge import LegBridge, _Direction
 from media.sdp import NegotiatedMedia
 from media.session import RtpSession
-from tests.dialin.conftest import write_tone
+from tests.support import write_tone
 
 # --- dial plan ----------------------------------------------------------------------------------------------
 
@@ -235,8 +235,12 @@ async def test_bridge_carries_audio_both_ways_between_two_rtp_sessions(tmp_path:
         bridge.start()
         with pytest.raises(MediaError, match="expected idle"):
             bridge.start()
-        tone_a = asyncio.ensure_future(phone_a.play(write_tone(tmp_path / "a.wav", 400, 1.5)))
-        tone_b = asyncio.ensure_future(phone_b.play(write_tone(tmp_path / "b.wav", 900, 1.5)))
+        tone_a = asyncio.ensure_future(
+            phone_a.play(write_tone(tmp_path / "a.wav", seconds=1.5, freq=400, amplitude=0.3))
+        )
+        tone_b = asyncio.ensure_future(
+            phone_b.play(write_tone(tmp_path / "b.wav", seconds=1.5, freq=900, amplitude=0.3))
+        )
         await asyncio.sleep(1.2)
         assert phone_b.energy_dbfs(0.5) > -25, "phone B hears nothing from phone A"
         assert phone_a.energy_dbfs(0.5) > -25, "phone A hears nothing from phone B"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from comms.db.models import EscalationPolicy, PolicyTier, Site
+from tests.db_fixtures import backend, clock, db_url, engine, sessions, sf  # noqa: F401  (fixtures)
 from tests.peers.fixtures import baresip, sipp, softphone  # noqa: F401  (fixtures)
 from tests.slice.conftest import Node, node, prompt_cache  # noqa: F401  (fixtures)
 

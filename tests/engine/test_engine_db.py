@@ -6,39 +6,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comms.clock import FakeClock
-from comms.db.engine import create_engine, session_factory
 from comms.db.events import leg_status, verify_chain
 from comms.db.models import CallLeg, Event, Incident, Outbox, Person
 from escalation.model import IncidentState
 from escalation.runner import EscalationRunner, hash_pin
 from escalation.webhook_channel import WebhookChannel
 from tests.engine.helpers import SECRET, Receiver, seed_directory
-from tests.pg import migrated_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def sf(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    url = await migrated_database(request.param, tmp_path)
-    engine = create_engine(url)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
+from tests.support import events
 
 CHANNELS: list[WebhookChannel] = []
 
@@ -91,15 +71,6 @@ async def settle(receiver: Receiver, count: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"receiver got {len(receiver.pages())} pages, expected {count}")
-
-
-async def events(sf: async_sessionmaker[AsyncSession], incident_id: str) -> list[Event]:
-    async with sf() as s:
-        return list(
-            (
-                await s.scalars(sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq))
-            ).all()
-        )
 
 
 async def test_an_outbox_row_per_notification_sent_after_commit_with_its_key(

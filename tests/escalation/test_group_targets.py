@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comms.clock import FakeClock
-from comms.db.engine import create_engine, session_factory
 from comms.db.models import (
     CallLeg,
     ContactMethod,
@@ -37,7 +35,6 @@ from escalation.oncall import pick_least_recent
 from escalation.runner import EscalationRunner
 from escalation.webhook_channel import WebhookChannel
 from tests.engine.helpers import SECRET, Receiver, npi
-from tests.pg import migrated_database
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 1, 5, 14, 0, tzinfo=UTC)
@@ -94,18 +91,6 @@ def test_pick_properties(members: list[str], minutes: dict[str, int | None], siz
 
 
 # ------------------------------------------------------------------------------------------ through the runner
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def sf(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    url = await migrated_database(request.param, tmp_path)
-    engine = create_engine(url)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

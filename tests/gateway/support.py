@@ -137,12 +137,3 @@ class AiortcRoom:
         if self.listener is not None:
             self.listener.task.cancel()
         await self.pc.close()
-
-
-async def until(check, within: float = 10.0, step: float = 0.05) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
-        await asyncio.sleep(step)

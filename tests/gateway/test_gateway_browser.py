@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,16 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
 from playwright.async_api import Page, async_playwright, expect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comms.clock import SystemClock
-from comms.db.engine import create_engine, migrate, session_factory, sqlite_url
 from comms.db.events import chain_events, verify_chain
 from comms.db.models import ContactMethod, Event, Person
 from comms.web.app import build_app
-from comms.web.context import WebServices
 from comms.web.media_routes import db_evidence_sink, install
 from escalation.runner import EscalationRunner
 from escalation.sip_channel import SipChannel
@@ -37,43 +33,16 @@ from media import audio
 from media.gateway import MediaGateway
 from media.webrtc import PassThroughVideoTrack
 from sip.ua import UaConfig, UserAgent
-from tests.gateway.support import until
-from tests.web.support import CHEAP_HASHER, PASSWORD, TOKENS, seed
+from tests.support import until, write_tone
+from tests.web.support import CHROMIUM_ARGS, PASSWORD, TOKENS, make_services, served
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+CHROMIUM_MEDIA_ARGS = [
+    *CHROMIUM_ARGS,
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
     "--autoplay-policy=no-user-gesture-required",
 ]
-
-
-def tone_wav(path: Path, seconds: float, freq: float = 700.0) -> Path:
-    t = np.arange(int(seconds * 8000)) / 8000
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes((np.sin(2 * np.pi * freq * t) * 0.5 * 32767).astype("<i2").tobytes())
-    return path
-
-
-@pytest.fixture
-async def sf(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    url = sqlite_url(tmp_path / "comms.db")
-    await migrate(url)
-    engine = create_engine(url)
-    factory = session_factory(engine)
-    await seed(factory)
-    yield factory
-    await engine.dispose()
 
 
 @dataclass
@@ -103,24 +72,11 @@ async def server(
     )
     runner = EscalationRunner(sf, clock, node_id="gw-test", channels={"sip": channel})
     await runner.start()
-    services = WebServices(
-        session_factory=sf,
-        clock=clock,
-        runner=runner,
-        session_secret=secrets.token_bytes(32),
-        cookie_secure=False,
-        password_hasher=CHEAP_HASHER,
-    )
-    app = build_app(services)
+    app = build_app(make_services(sf, clock, runner))
     install(app, gateway)
-    app_runner = web.AppRunner(app, access_log=None)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = app_runner.addresses[0][:2]
-    yield Server(f"http://{host}:{port}", gateway, runner)
-    await gateway.close()
-    await app_runner.cleanup()
+    async with served(app) as url:
+        yield Server(url, gateway, runner)
+        await gateway.close()
     await runner.stop()
     await ua.close()
 
@@ -148,12 +104,12 @@ async def test_room_page_softphone_and_console(
             answer_after=0.3,
             press="1",
             press_after=1.0,
-            play=tone_wav(tmp_path / "tone.wav", 30.0),
+            play=write_tone(tmp_path / "tone.wav", seconds=30.0, freq=700.0),
             record_dir=tmp_path,
         )
     )
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_MEDIA_ARGS)
         try:
             room_ctx = await browser.new_context()
             room = await room_ctx.new_page()

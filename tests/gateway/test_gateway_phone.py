@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 from comms.clock import SystemClock
 from media.gateway import MediaGateway
 from sip.ua import Call, CallAnswered, UaConfig, UserAgent
-from tests.gateway.support import AiortcRoom, until
-
-
-def write_tone(path: Path, seconds: float, freq: float = 1000.0) -> Path:
-    t = np.arange(int(seconds * 8000)) / 8000
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(8000)
-        w.writeframes((np.sin(2 * np.pi * freq * t) * 0.5 * 32767).astype("<i2").tobytes())
-    return path
+from tests.gateway.support import AiortcRoom
+from tests.support import until, write_tone
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ async def test_room_and_phone_hear_each_other(
     assert room.listener is not None
     quiet = room.listener.dbfs()
     assert quiet < -60.0
-    play = asyncio.get_running_loop().create_task(far.play(write_tone(tmp_path / "tone.wav", 3.0)))
+    play = asyncio.get_running_loop().create_task(far.play(write_tone(tmp_path / "tone.wav", seconds=3.0)))
     await until(lambda: room.listener is not None and room.listener.dbfs() > -25.0)
     play.cancel()
     # the supervision record saw two-way audio (no console: audio only)

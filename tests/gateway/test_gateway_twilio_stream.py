@@ -17,7 +17,8 @@ from comms.clock import SystemClock
 from comms.twilio_media import PATH, media_stream_handler
 from media import audio
 from media.gateway import MediaGateway
-from tests.gateway.support import AiortcRoom, until
+from tests.gateway.support import AiortcRoom
+from tests.support import until
 
 TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC = "https://comms.example.org"

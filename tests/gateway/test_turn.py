@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comms.app import ice_settings
 from comms.clock import FakeClock
-from comms.db.engine import create_engine, migrate, session_factory, sqlite_url
 from comms.db.models import Person
 from comms.web.app import build_app
-from comms.web.context import WebServices
 from comms.web.media_routes import install
 from config.loader import load
 from config.settings import ConfigError
@@ -29,7 +26,7 @@ from media.errors import MediaError
 from media.gateway import MediaGateway
 from media.turn import TurnRest, turn_credential
 from media.webrtc import IceServer
-from tests.web.support import CHEAP_HASHER, PASSWORD, bearer, seed
+from tests.web.support import PASSWORD, bearer, make_services
 
 SECRET = "s3cret-shared-with-coturn-0123456789"
 TURN_URLS = ("turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349?transport=tcp")
@@ -89,32 +86,13 @@ def test_gateway_mints_a_fresh_credential_per_connection() -> None:
     assert gw.ice_servers_for("x") == (stun,)
 
 
-@pytest.fixture
-async def sf(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    url = sqlite_url(tmp_path / "comms.db")
-    await migrate(url)
-    engine = create_engine(url)
-    factory = session_factory(engine)
-    await seed(factory)
-    yield factory
-    await engine.dispose()
-
-
 async def test_room_page_and_console_get_a_fresh_credential_not_the_secret(
     sf: async_sessionmaker[AsyncSession],
 ) -> None:
     clock = FakeClock()
     gateway = MediaGateway(clock, turn=TurnRest(TURN_URLS, SECRET, ttl_s=3600))
     runner = EscalationRunner(sf, clock, node_id="turn-test", channels={})
-    services = WebServices(
-        session_factory=sf,
-        clock=clock,
-        runner=runner,
-        session_secret=b"k" * 32,
-        cookie_secure=False,
-        password_hasher=CHEAP_HASHER,
-    )
-    app = build_app(services)
+    app = build_app(make_services(sf, clock, runner, session_secret=b"k" * 32))
     install(app, gateway)
     client: TestClient[web.Request, web.Application] = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()

@@ -10,6 +10,7 @@ import pytest
 
 from sip.ua import Call, CallEvent, UserAgent
 from tests.peers.fixtures import UaFactory, baresip, kamailio, make_ua, sipp, softphone, tls_cert
+from tests.sip.conftest import Inbox
 
 __all__ = [
     "Inbox",
@@ -38,22 +39,6 @@ def uri_of(agent: UserAgent, user: str = "comms", transport: str = "UDP") -> str
     host, port = agent.address(transport)
     suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
     return f"sip:{user}@{host}:{port}{suffix}"
-
-
-class Inbox:
-    """Takes a UA's inbound calls, runs ``behaviour`` on each and keeps them for the test."""
-
-    def __init__(self, behaviour: Callable[[Call], Awaitable[None]] | None = None) -> None:
-        self.calls: asyncio.Queue[Call] = asyncio.Queue()
-        self.behaviour = behaviour
-
-    async def __call__(self, call: Call) -> None:
-        self.calls.put_nowait(call)
-        if self.behaviour is not None:
-            await self.behaviour(call)
-
-    async def next(self, within: float = 5.0) -> Call:
-        return await asyncio.wait_for(self.calls.get(), within)
 
 
 async def ring_and_answer(call: Call) -> None:

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import struct
-import wave
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-
-def write_tone(
-    path: Path,
-    *,
-    seconds: float,
-    freq: float = 1000.0,
-    rate: int = 8000,
-    channels: int = 1,
-    amplitude: float = 0.5,
-) -> Path:
-    t = np.arange(int(seconds * rate)) / rate
-    mono = (np.sin(2 * np.pi * freq * t) * amplitude * 32767).astype("<i2")
-    data = np.repeat(mono, channels) if channels > 1 else mono
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(data.tobytes())
-    return path
+from tests.support import write_tone
 
 
 @pytest.fixture

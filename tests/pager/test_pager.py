@@ -87,14 +87,6 @@ def order(address: str, leg_id: str = "leg-1", *, require_pin: bool = False) -> 
 
 
 @pytest.fixture
-async def wctp() -> AsyncIterator[WctpServer]:
-    server = WctpServer({"5551001", "5551002"})
-    await server.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
 async def snpp() -> AsyncIterator[SnppServer]:
     server = SnppServer({"8001", "8002"}, login=("comms", "pw"))
     await server.start()

@@ -10,9 +10,7 @@ channel to WCTP / SNPP / SMTP gateways on loopback (tests/pager/servers.py).
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,26 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comms import phi
-from comms.app import AppConfig, CommsApp
-from comms.clock import FakeClock, SystemClock
-from comms.db.engine import create_engine, session_factory, sqlite_url
+from comms.app import CommsApp
+from comms.clock import FakeClock
 from comms.db.events import leg_status, verify_chain
-from comms.db.models import (
-    CallLeg,
-    ContactMethod,
-    EscalationPolicy,
-    Event,
-    Incident,
-    Person,
-    PolicyTier,
-    Room,
-    Site,
-)
-from comms.db.types import Channel, ContactKind, IncidentState, LegStatus
+from comms.db.models import CallLeg, Incident
+from comms.db.types import Channel, IncidentState, LegStatus
 from escalation.pager import PagerChannel, PagerSettings
 from escalation.runner import EscalationRunner
 from tests.pager.servers import SmtpServer, SnppServer, WctpServer
-from tests.pg import migrated_database
+from tests.support import Rad, RoomSpec, events, seed_site, started_node, until, wait_event
 
 BASE = "https://comms.example.test"
 
@@ -47,97 +34,21 @@ BASE = "https://comms.example.test"
 async def seed(sf: async_sessionmaker[AsyncSession], tiers: list[tuple[str, str]]) -> dict[str, str]:
     """One site and room CT2; tier *i* pages one radiologist ``tiers[i] = (username, pager address)`` whose only
     contact is that pager. Returns person ids by username."""
-    npis = iter(["1234567893", "1245319599", "1003000126"])
-    ids: dict[str, str] = {}
-    async with sf() as s, s.begin():
-        site = Site(code="north", name="Northside Imaging", timezone="America/Chicago", us_state="IL")
-        s.add(site)
-        await s.flush()
-        token = hashlib.sha256(b"ct2-device-token").hexdigest()
-        s.add(Room(site_id=site.id, code="CT2", name="CT 2", device_token_hash=token))
-        policy = EscalationPolicy(site_id=site.id, name="contrast", version=1)
-        s.add(policy)
-        await s.flush()
-        for position, (username, address) in enumerate(tiers):
-            person = Person(
-                username=username, display_name=f"Dr {username.title()}", roles="radiologist", npi=next(npis)
-            )
-            s.add(person)
-            await s.flush()
-            ids[username] = person.id
-            s.add(ContactMethod(person_id=person.id, kind=ContactKind.PAGER, address=address, label="pager"))
-            s.add(
-                PolicyTier(
-                    policy_id=policy.id, position=position, ring_timeout_s=10, targets=[f"person:{username}"]
-                )
-            )
-    return ids
-
-
-async def events(sf: async_sessionmaker[AsyncSession], incident_id: str) -> list[Event]:
-    async with sf() as s:
-        return list(
-            (
-                await s.scalars(sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq))
-            ).all()
-        )
-
-
-async def until(check: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    """Wait (real time) until ``check()`` is truthy; the leg tasks run on the loop meanwhile."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not check():
-        if loop.time() > end:
-            raise AssertionError(f"no {what} within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
-async def until_event(
-    sf: async_sessionmaker[AsyncSession], incident_id: str, kind: str, count: int = 1, timeout: float = 10.0
-) -> list[Event]:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        found = [e for e in await events(sf, incident_id) if e.kind == kind]
-        if len(found) >= count:
-            return found
-        if loop.time() > end:
-            raise AssertionError(f"{len(found)} {kind} event(s) within {timeout} s, expected {count}")
-        await asyncio.sleep(0.02)
+    rads = [[Rad(username, f"Dr {username.title()}", pager=address)] for username, address in tiers]
+    rooms = [RoomSpec("CT2", "CT 2", "ct2-device-token")]
+    return await seed_site(sf, rads, rooms=rooms, ring_timeout_s=10)
 
 
 # ------------------------------------------------------------------------------ WCTP through a whole node
 
 
 @pytest.fixture
-async def wctp() -> AsyncIterator[WctpServer]:
-    server = WctpServer({"5551001", "5551002"})
-    await server.start()
-    yield server
-    await server.close()
-
-
-@pytest.fixture
 async def app(tmp_path: Path, wctp: WctpServer) -> AsyncIterator[CommsApp]:
-    config = AppConfig(
-        database_url=sqlite_url(tmp_path / "comms.db"),
-        data_dir=tmp_path,
-        http_port=0,
-        sip_udp_port=0,
-        sip_tcp_port=None,
-        prompt_cache_dir=tmp_path / "prompts",
-        dialin=None,
-        pager=PagerSettings(
-            wctp_url=wctp.url, wctp_security_code="s3cret", public_base_url=BASE, poll_s=0.05, timeout_s=2.0
-        ),
+    pager = PagerSettings(
+        wctp_url=wctp.url, wctp_security_code="s3cret", public_base_url=BASE, poll_s=0.05, timeout_s=2.0
     )
-    node = CommsApp(config, SystemClock())
-    await node.start()
-    try:
+    async with started_node(tmp_path, tmp_path / "prompts", dialin=None, pager=pager) as node:
         yield node
-    finally:
-        await node.stop()
 
 
 async def test_a_wctp_pager_is_paged_delivered_is_not_accepted_and_its_reply_1_accepts(
@@ -148,7 +59,7 @@ async def test_a_wctp_pager_is_paged_delivered_is_not_accepted_and_its_reply_1_a
     ids = await seed(sf, [("lee", "wctp:5551001"), ("park", "wctp:5551002")])
     incident_id = await app.runner.raise_incident(room_code="CT2", severity="moderate", source="test")
 
-    (delivered,) = await until_event(sf, incident_id, "leg.delivered")
+    (delivered,) = await wait_event(sf, incident_id, "leg.delivered", timeout=10)
     assert delivered.data["stage"] == "carrier-accepted"
     (page,) = wctp.pages.values()
     assert (page.recipient, page.tracking) == ("5551001", delivered.data["tracking"])
@@ -164,16 +75,16 @@ async def test_a_wctp_pager_is_paged_delivered_is_not_accepted_and_its_reply_1_a
         ids["lee"],
         0,
     )
-    await until(lambda: "wctp-ClientQuery" in wctp.requests, "status poll")
+    await until(lambda: "wctp-ClientQuery" in wctp.requests, step=0.02, what="status poll")
     # the carrier took the page and the poll answered: delivered, never accepted
     assert incident is not None and incident.state is IncidentState.PAGING and incident.accepted_by_id is None
     leg_events = [e for e in await events(sf, incident_id) if e.leg_id == leg.id]
     assert leg_status(leg_events) is LegStatus.DIALING
 
     wctp.device_receives(page.tracking)
-    await until_event(sf, incident_id, "leg.delivered", count=2)
+    await wait_event(sf, incident_id, "leg.delivered", count=2, timeout=10)
     wctp.device_replies(page.tracking, text="1")
-    (accepted,) = await until_event(sf, incident_id, "incident.accepted")
+    (accepted,) = await wait_event(sf, incident_id, "incident.accepted", timeout=10)
     async with sf() as s:
         incident = await s.get(Incident, incident_id)
     assert incident is not None
@@ -203,18 +114,6 @@ async def test_a_wctp_pager_is_paged_delivered_is_not_accepted_and_its_reply_1_a
 # ------------------------------------------------------------------------------ one-way pages time out
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def sf(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    url = await migrated_database(request.param, tmp_path)
-    engine = create_engine(url)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
-
-
 @pytest.mark.parametrize("via", ["snpp", "mailto"])
 async def test_a_one_way_page_without_reply_times_out_to_tier_2(
     sf: async_sessionmaker[AsyncSession], via: str
@@ -242,7 +141,7 @@ async def test_a_one_way_page_without_reply_times_out_to_tier_2(
         ids = await seed(sf, [("lee", first), ("park", "snpp:8002")])
         incident_id = await runner.raise_incident(room_code="CT2", severity="moderate", source="test")
         await runner.tick()
-        (delivered,) = await until_event(sf, incident_id, "leg.delivered")
+        (delivered,) = await wait_event(sf, incident_id, "leg.delivered", timeout=10)
         stage = "carrier-accepted" if via == "snpp" else "smtp-accepted"
         assert delivered.data["stage"] == stage
         if via == "snpp":
@@ -261,8 +160,8 @@ async def test_a_one_way_page_without_reply_times_out_to_tier_2(
 
         clock.advance(0.1)  # tier 1's 10 s deadline: cancel the unanswered page, page tier 2
         await runner.tick()
-        await until(lambda: [p.pager for p in snpp.pages][-1:] == ["8002"], "the tier-2 page")
-        await until_event(sf, incident_id, "leg.ended")
+        await until(lambda: [p.pager for p in snpp.pages][-1:] == ["8002"], step=0.02, what="the tier-2 page")
+        await wait_event(sf, incident_id, "leg.ended", timeout=10)
         evs = await events(sf, incident_id)
         assert [e.data["tier"] for e in evs if e.kind == "incident.tier_started"] == [0, 1]
         async with sf() as s:

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from comms.app import CommsApp
 from escalation.dialin import DialInSettings
-from escalation.twilio_channel import TwilioSettings
-from tests.dialin.support import EvidenceReads, Rad, add_dialin_site, started_node
-from tests.slice.conftest import prompt_cache  # noqa: F401  (fixture)
-from tests.twilio.conftest import ACCOUNT_SID, AUTH_TOKEN, OUR_NUMBER, PUBLIC_BASE
+from tests.support import NodeReads, Rad, RoomSpec, prompt_cache, seed_site, started_node
+from tests.twilio.conftest import fake_twilio, twilio_settings
 from tests.twilio.fake_twilio import FakeTwilio, Phone
 
-__all__ = ["DIALIN", "DIALIN_NUMBER", "ROOM_PHONE", "SPOKEN_FALLBACK", "AppNode", "Rad", "app_node"]
+__all__ = [
+    "DIALIN",
+    "DIALIN_NUMBER",
+    "ROOM_PHONE",
+    "SPOKEN_FALLBACK",
+    "AppNode",
+    "Rad",
+    "app_node",
+    "prompt_cache",
+]
 
 DIALIN_NUMBER = "+13125550199"
 ROOM_PHONE = "+13125550150"
@@ -35,27 +41,16 @@ DIALIN = DialInSettings(
 )
 
 
-class AppNode(EvidenceReads):
+class AppNode(NodeReads):
     def __init__(self, app: CommsApp, fake: FakeTwilio) -> None:
         self.app, self.fake = app, fake
 
-    @property
-    def sessions(self) -> Any:
-        assert self.app.sessions is not None
-        return self.app.sessions
-
-    @property
-    def extension(self) -> str:
-        """``host:port`` of the node's SIP UDP listener (the SIP dial-in answers ``sip:reaction@`` there)."""
-        assert self.app.ua is not None
-        host, port = self.app.ua.address("UDP")
-        return f"{host}:{port}"
-
     async def directory(self, tier: Sequence[Rad], *, ring_timeout_s: int = 20) -> None:
-        await add_dialin_site(
+        """Site north: room CT2 (its phone is :data:`ROOM_PHONE`) and MR4 (no phone); one tier of ``tier``."""
+        await seed_site(
             self.sessions,
-            tier,
-            room_phones={"CT2": f"sip:{ROOM_PHONE}@pbx.example.test", "MR4": None},
+            [tier],
+            rooms=[RoomSpec("CT2", phone=f"sip:{ROOM_PHONE}@pbx.example.test"), RoomSpec("MR4")],
             ring_timeout_s=ring_timeout_s,
         )
 
@@ -63,23 +58,12 @@ class AppNode(EvidenceReads):
 @pytest.fixture
 async def app_node(
     tmp_path: Path,
-    prompt_cache: Path,  # noqa: F811
+    prompt_cache: Path,
     phones: dict[str, Phone],
 ) -> AsyncIterator[AppNode]:
-    fake = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, public_base=PUBLIC_BASE)
-    fake.phones = phones
+    fake = fake_twilio(phones)
     api = await fake.start()
-    twilio = TwilioSettings(
-        account_sid=ACCOUNT_SID,
-        auth_token=AUTH_TOKEN,
-        from_number=OUR_NUMBER,
-        public_base_url=PUBLIC_BASE,
-        api_base_url=api,
-        ivr_timeout_s=2.0,
-        status_hold_s=1.0,
-        dialin_number=DIALIN_NUMBER,
-        hold_pause_s=1,
-    )
+    twilio = twilio_settings(api, ivr_timeout_s=2.0, dialin_number=DIALIN_NUMBER, hold_pause_s=1)
     try:
         async with started_node(
             tmp_path,

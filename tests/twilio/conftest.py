@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -13,18 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from comms.clock import SystemClock
 from comms.db.engine import create_engine, migrate, session_factory, sqlite_url
-from comms.db.models import (
-    ContactMethod,
-    EscalationPolicy,
-    Incident,
-    Person,
-    PolicyTier,
-    Room,
-    Site,
-)
-from comms.db.types import ContactKind
 from comms.twilio_web import build_twilio_app
-from escalation.runner import EscalationRunner, hash_pin
+from escalation.runner import EscalationRunner
 from escalation.twilio_channel import (
     TwilioSettings,
     TwilioSmsChannel,
@@ -32,13 +22,34 @@ from escalation.twilio_channel import (
     close_twilio_client,
     twilio_client,
 )
-from tests.dialin.support import EvidenceReads, Rad
+from tests.support import EvidenceReads, Rad, RoomSpec, seed_site
 from tests.twilio.fake_twilio import FakeTwilio, Phone
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "f" * 32
 OUR_NUMBER = "+13125550100"
 PUBLIC_BASE = "https://comms.example.test"
+
+
+def fake_twilio(phones: dict[str, Phone], cls: type[FakeTwilio] = FakeTwilio, **options: Any) -> FakeTwilio:
+    """A fake Twilio (not started) for our account, answering calls to ``phones``."""
+    fake = cls(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, public_base=PUBLIC_BASE, **options)
+    fake.phones = phones
+    return fake
+
+
+def twilio_settings(api_base_url: str, *, ivr_timeout_s: float, **options: Any) -> TwilioSettings:
+    """Our account's Twilio settings against the fake Twilio at ``api_base_url``; ``options`` add fields."""
+    return TwilioSettings(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=OUR_NUMBER,
+        public_base_url=PUBLIC_BASE,
+        api_base_url=api_base_url,
+        ivr_timeout_s=ivr_timeout_s,
+        status_hold_s=1.0,
+        **options,
+    )
 
 
 class TwilioNode(EvidenceReads):
@@ -56,59 +67,10 @@ class TwilioNode(EvidenceReads):
         self.voice, self.sms, self.webhook_base = voice, sms, webhook_base
 
     async def directory(self, tiers: Sequence[Sequence[Rad]], *, ring_timeout_s: int = 30) -> None:
-        async with self.sessions() as s, s.begin():
-            site = Site(code="north", name="Northside Imaging", timezone="America/Chicago", us_state="IL")
-            s.add(site)
-            await s.flush()
-            s.add(
-                Room(
-                    site_id=site.id,
-                    code="CT2",
-                    name="CT 2",
-                    device_token_hash=hashlib.sha256(b"room-ct2").hexdigest(),
-                )
-            )
-            policy = EscalationPolicy(site_id=site.id, name="contrast", version=1)
-            s.add(policy)
-            await s.flush()
-            npi = iter(["1234567893", "1245319599", "1003000126", "1629071301"])
-            for position, tier in enumerate(tiers, start=1):
-                for rad in tier:
-                    person = Person(
-                        username=rad.username,
-                        display_name=rad.name,
-                        roles="radiologist",
-                        npi=next(npi),
-                        pin_hash=hash_pin(rad.pin) if rad.pin else None,
-                    )
-                    s.add(person)
-                    await s.flush()
-                    if rad.voice:
-                        s.add(
-                            ContactMethod(person_id=person.id, kind=ContactKind.PSTN_VOICE, address=rad.voice)
-                        )
-                    if rad.sms:
-                        s.add(
-                            ContactMethod(
-                                person_id=person.id, kind=ContactKind.SMS, address=rad.sms, priority=1
-                            )
-                        )
-                s.add(
-                    PolicyTier(
-                        policy_id=policy.id,
-                        position=position,
-                        ring_timeout_s=ring_timeout_s,
-                        targets=[f"person:{r.username}" for r in tier],
-                    )
-                )
-
-    async def wait_state(self, incident_id: str, states: set[str], timeout: float = 20.0) -> Incident:
-        async def check() -> Incident | None:
-            incident = await self.incident(incident_id)
-            return incident if incident.state.value in states else None
-
-        result: Incident = await self.wait_for(check, timeout, f"incident state in {sorted(states)}")
-        return result
+        """Room CT2; tier *i* calls ``tiers[i]`` on their Twilio numbers and texts their SMS numbers."""
+        await seed_site(
+            self.sessions, tiers, rooms=[RoomSpec("CT2", "CT 2", "room-ct2")], ring_timeout_s=ring_timeout_s
+        )
 
     async def wait_calls_done(self, timeout: float = 20.0) -> None:
         async def check() -> bool:
@@ -135,18 +97,9 @@ async def twilio_node(tmp_path: Path, phones: dict[str, Phone], burst: bool) -> 
     engine = create_engine(url)
     sessions = session_factory(engine)
     clock = SystemClock()
-    fake = FakeTwilio(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, public_base=PUBLIC_BASE, burst=burst)
-    fake.phones = phones
+    fake = fake_twilio(phones, burst=burst)
     api = await fake.start()
-    settings = TwilioSettings(
-        account_sid=ACCOUNT_SID,
-        auth_token=AUTH_TOKEN,
-        from_number=OUR_NUMBER,
-        public_base_url=PUBLIC_BASE,
-        api_base_url=api,
-        ivr_timeout_s=1.0,
-        status_hold_s=1.0,
-    )
+    settings = twilio_settings(api, ivr_timeout_s=1.0)
     client = twilio_client(settings)
     voice = TwilioVoiceChannel(client, settings, clock, sessions)
     sms = TwilioSmsChannel(client, settings, clock, sessions)

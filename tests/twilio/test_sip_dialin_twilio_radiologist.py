@@ -19,11 +19,8 @@ import pytest
 from comms.db.events import verify_chain
 from comms.db.types import Direction
 from tests.dialin.conftest import ROOM_PHONE as SOFTPHONE_ROOM_PHONE
-from tests.dialin.conftest import tone_seconds as wav_tone_seconds
-from tests.dialin.conftest import write_tone
-from tests.dialin.support import add_dialin_site
-from tests.gateway.support import until
-from tests.twilio.app_node import AppNode, Rad
+from tests.support import Rad, RoomSpec, seed_site, until, wav_tone_seconds, write_tone
+from tests.twilio.app_node import AppNode
 from tests.twilio.fake_twilio import Phone
 from tests.twilio.test_twilio_streams import tone_seconds
 
@@ -39,12 +36,13 @@ async def test_sip_dialin_caller_is_streamed_to_the_radiologist_who_accepted_on_
     from sip.softphone import Behaviour, Disconnected, RecordingClosed
 
     phones[LEE] = Phone("human", keys="1", ring_s=2.0, tone_hz=RADIOLOGIST_HZ)
-    await add_dialin_site(
+    await seed_site(
         app_node.sessions,
-        [Rad("drlee", "Dr Lee", voice=LEE)],
-        room_phones={"CT2": SOFTPHONE_ROOM_PHONE, "MR4": None},
+        [[Rad("drlee", "Dr Lee", voice=LEE)]],
+        rooms=[RoomSpec("CT2", phone=SOFTPHONE_ROOM_PHONE), RoomSpec("MR4")],
+        ring_timeout_s=20,
     )
-    tone = write_tone(tmp_path / "tone1000.wav", CALLER_HZ, 60.0)
+    tone = write_tone(tmp_path / "tone1000.wav", seconds=60.0, freq=CALLER_HZ, amplitude=0.3)
     records = tmp_path / "records"
     records.mkdir()
     fake = app_node.fake

@@ -21,8 +21,8 @@ import pytest
 
 from comms.db.types import Direction
 from escalation.twilio_streams import stream_url
-from tests.dialin.support import tone_seconds_in
-from tests.gateway.support import AiortcRoom, until
+from tests.gateway.support import AiortcRoom
+from tests.support import tone_seconds_in, until, wav_tone_seconds, write_tone
 from tests.twilio.app_node import DIALIN_NUMBER, ROOM_PHONE, AppNode, Rad
 from tests.twilio.conftest import PUBLIC_BASE
 from tests.twilio.fake_twilio import Phone
@@ -99,10 +99,8 @@ async def test_twilio_dialin_bridged_to_a_sip_radiologist_audio_both_ways(
     app_node: AppNode, phones: dict[str, Phone], softphone: Any, tmp_path: Path
 ) -> None:
     from sip.softphone import Behaviour, RecordingClosed
-    from tests.dialin.conftest import tone_seconds as wav_tone_seconds
-    from tests.dialin.conftest import write_tone
 
-    tone = write_tone(tmp_path / "tone700.wav", 700.0, 40.0)
+    tone = write_tone(tmp_path / "tone700.wav", seconds=40.0, freq=700.0, amplitude=0.3)
     records = tmp_path / "records"
     records.mkdir()
     # answers after 2 s (the caller hears a hold status meanwhile), presses 1 during the alert prompt, hangs up
@@ -155,9 +153,8 @@ async def test_the_caller_hangs_up_during_the_sip_bridge_and_the_radiologist_is_
     app_node: AppNode, phones: dict[str, Phone], softphone: Any, tmp_path: Path
 ) -> None:
     from sip.softphone import Behaviour, RecordingClosed
-    from tests.dialin.conftest import write_tone
 
-    tone = write_tone(tmp_path / "tone700.wav", 700.0, 40.0)
+    tone = write_tone(tmp_path / "tone700.wav", seconds=40.0, freq=700.0, amplitude=0.3)
     records = tmp_path / "records"
     records.mkdir()
     softphone.set_behaviour(

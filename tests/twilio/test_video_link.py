@@ -16,47 +16,29 @@ accepted call is really bridged:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aioice.ice
 import pytest
-import sqlalchemy as sa
 from aiohttp import web
 
 from comms import phi
-from comms.app import AppConfig, CommsApp
+from comms.app import CommsApp
 from comms.clock import SystemClock
-from comms.db.engine import sqlite_url
 from comms.db.events import verify_chain
-from comms.db.models import (
-    CallLeg,
-    ContactMethod,
-    EscalationPolicy,
-    Event,
-    Incident,
-    Person,
-    PolicyTier,
-    Room,
-    Site,
-)
-from comms.db.types import ContactKind
+from comms.db.models import CallLeg, Event, Incident
 from escalation.channel import LegOrder
 from escalation.pager import PagerSettings
-from escalation.twilio_channel import TwilioSettings
 from escalation.video_link import ANNOUNCED_TEXT, VideoLinkSender, console_url
-from tests.gateway.support import AiortcRoom, until
+from tests.gateway.support import AiortcRoom
 from tests.pager.servers import WctpServer
+from tests.support import NodeReads, Rad, RoomSpec, seed_site, start_node, until
+from tests.twilio.conftest import OUR_NUMBER, PUBLIC_BASE, fake_twilio, twilio_settings
 from tests.twilio.fake_twilio import FakeCall, FakeTwilio, Phone
 
-ACCOUNT_SID = "AC" + "1" * 32
-AUTH_TOKEN = "e" * 32
-OUR_NUMBER = "+13125550100"
-PUBLIC_BASE = "https://comms.example.test"
 LEE = "+13125550111"
 PAGER_ID = "5551001"
 LINK = f"{PUBLIC_BASE}/rooms/CT2/console"
@@ -76,32 +58,16 @@ class BrokenSmsTwilio(FakeTwilio):
         return self._error(20500, "Internal Server Error", status=500)
 
 
-class Node:
+class Node(NodeReads):
+    event_timeout = 25.0
+
     def __init__(self, app: CommsApp, fake: FakeTwilio, wctp: WctpServer, room: AiortcRoom) -> None:
         self.app, self.fake, self.wctp, self.room = app, fake, wctp, room
 
-    @property
-    def sessions(self) -> Any:
-        assert self.app.sessions is not None
-        return self.app.sessions
-
     async def radiologist(self, **contacts: str) -> None:
-        """One tier with one radiologist whose contacts are ``sip=``, ``pstn_voice=``, ``sms=``, ``pager=``."""
-        async with self.sessions() as s, s.begin():
-            site = Site(code="north", name="Northside Imaging", timezone="America/Chicago", us_state="IL")
-            s.add(site)
-            await s.flush()
-            token = hashlib.sha256(b"CT2").hexdigest()
-            s.add(Room(site_id=site.id, code="CT2", name="CT 2", device_token_hash=token))
-            policy = EscalationPolicy(site_id=site.id, name="contrast", version=1)
-            s.add(policy)
-            await s.flush()
-            person = Person(username="drlee", display_name="Dr Lee", roles="radiologist", npi="1234567893")
-            s.add(person)
-            await s.flush()
-            for kind, address in contacts.items():
-                s.add(ContactMethod(person_id=person.id, kind=ContactKind(kind), address=address))
-            s.add(PolicyTier(policy_id=policy.id, position=1, ring_timeout_s=20, targets=["person:drlee"]))
+        """One tier with one radiologist, Dr Lee, whose contacts are ``voice=``, ``sip=``, ``sms=``, ``pager=``."""
+        rooms = [RoomSpec("CT2", "CT 2")]
+        await seed_site(self.sessions, [[Rad("drlee", "Dr Lee", **contacts)]], rooms=rooms, ring_timeout_s=20)
 
     async def raise_incident(self) -> str:
         gateway = self.app.gateway
@@ -109,22 +75,6 @@ class Node:
         await self.room.answer(await gateway.room_offer("CT2", await self.room.offer()))
         await until(lambda: gateway.rooms["CT2"].session.state == "connected")
         return await self.app.runner.raise_incident(room_code="CT2", severity="severe", source="test")
-
-    async def events(self, incident_id: str) -> list[Event]:
-        async with self.sessions() as s:
-            query = sa.select(Event).where(Event.incident_id == incident_id).order_by(Event.seq)
-            return list((await s.scalars(query)).all())
-
-    async def wait_event(self, incident_id: str, kind: str, timeout: float = 25.0) -> Event:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while True:
-            found = [e for e in await self.events(incident_id) if e.kind == kind]
-            if found:
-                return found[0]
-            if loop.time() > end:
-                raise AssertionError(f"{kind} not seen within {timeout} s")
-            await asyncio.sleep(0.05)
 
     async def order(self, leg_id: str | None) -> LegOrder:
         """A LegOrder for leg ``leg_id``, as the runner would have built it."""
@@ -159,20 +109,11 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
     started: list[Node] = []
 
     async def make(*, fake_cls: type[FakeTwilio] = FakeTwilio) -> Node:
-        fake = fake_cls(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, public_base=PUBLIC_BASE, burst=False)
-        fake.phones = {LEE: Phone("human", keys="1", tone_hz=700.0)}
+        fake = fake_twilio({LEE: Phone("human", keys="1", tone_hz=700.0)}, fake_cls, burst=False)
         api = await fake.start()
         wctp = WctpServer({PAGER_ID})
         await wctp.start()
-        twilio = TwilioSettings(
-            account_sid=ACCOUNT_SID,
-            auth_token=AUTH_TOKEN,
-            from_number=OUR_NUMBER,
-            public_base_url=PUBLIC_BASE,
-            api_base_url=api,
-            ivr_timeout_s=2.0,
-            status_hold_s=1.0,
-        )
+        twilio = twilio_settings(api, ivr_timeout_s=2.0)
         pager = PagerSettings(
             wctp_url=wctp.url,
             wctp_security_code="s3cret",
@@ -180,13 +121,9 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
             poll_s=0.1,
             timeout_s=2.0,
         )
-        config = AppConfig(
-            database_url=sqlite_url(tmp_path / "comms.db"),
-            data_dir=tmp_path,
-            http_port=0,
-            sip_udp_port=0,
-            sip_tcp_port=None,
-            prompt_cache_dir=tmp_path / "prompts",
+        app = await start_node(
+            tmp_path,
+            tmp_path / "prompts",
             ivr_timeout_s=6.0,
             safety_poll_s=0.2,
             min_ring_s=2.0,
@@ -195,8 +132,6 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
             twilio_port=0,
             pager=pager,
         )
-        app = CommsApp(config, SystemClock())
-        await app.start()
         fake.webhook_base = f"http://127.0.0.1:{app.twilio_port}"
         node = Node(app, fake, wctp, AiortcRoom(freq=440.0))
         started.append(node)
@@ -241,8 +176,8 @@ async def test_sip_radiologist_with_sms_gets_the_console_link_and_hears_it_was_s
     await node.radiologist(sip=softphone.uri(), sms=LEE)
     incident_id = await node.raise_incident()
 
-    sent = await node.wait_event(incident_id, "leg.video_link_sent")
-    announced = await node.wait_event(incident_id, "leg.video_link_announced")
+    sent = (await node.wait_event(incident_id, "leg.video_link_sent"))[0]
+    announced = (await node.wait_event(incident_id, "leg.video_link_announced"))[0]
     (msg,) = _link_messages(node.fake)
     assert msg["to"] == LEE and msg["from"] == OUR_NUMBER
     order = await node.order(sent.leg_id)
@@ -265,10 +200,10 @@ async def test_sip_radiologist_with_sms_gets_the_console_link_and_hears_it_was_s
 
 async def test_twilio_voice_radiologist_with_sms_gets_the_console_link(make_node: NodeFactory) -> None:
     node = await make_node()
-    await node.radiologist(pstn_voice=LEE, sms=LEE)
+    await node.radiologist(voice=LEE, sms=LEE)
     incident_id = await node.raise_incident()
 
-    sent = await node.wait_event(incident_id, "leg.video_link_sent")
+    sent = (await node.wait_event(incident_id, "leg.video_link_sent"))[0]
     (msg,) = _link_messages(node.fake)
     code = (await node.order(sent.leg_id)).incident_code
     _assert_link_sms(msg["body"], code)
@@ -291,10 +226,10 @@ async def test_twilio_voice_radiologist_with_sms_gets_the_console_link(make_node
 
 async def test_pager_only_radiologist_gets_a_one_way_wctp_page_with_the_link(make_node: NodeFactory) -> None:
     node = await make_node()
-    await node.radiologist(pstn_voice=LEE, pager=f"wctp:{PAGER_ID}")
+    await node.radiologist(voice=LEE, pager=f"wctp:{PAGER_ID}")
     incident_id = await node.raise_incident()
 
-    sent = await node.wait_event(incident_id, "leg.video_link_sent")
+    sent = (await node.wait_event(incident_id, "leg.video_link_sent"))[0]
     (page,) = [p for p in node.wctp.pages.values() if "/console" in p.text]  # the other is the alert page
     assert page.recipient == PAGER_ID
     code = (await node.order(sent.leg_id)).incident_code
@@ -313,10 +248,10 @@ async def test_pager_only_radiologist_gets_a_one_way_wctp_page_with_the_link(mak
 
 async def test_no_text_contact_is_recorded_and_the_call_stays_bridged(make_node: NodeFactory) -> None:
     node = await make_node()
-    await node.radiologist(pstn_voice=LEE)
+    await node.radiologist(voice=LEE)
     incident_id = await node.raise_incident()
 
-    skipped = await node.wait_event(incident_id, "leg.video_link_skipped")
+    skipped = (await node.wait_event(incident_id, "leg.video_link_skipped"))[0]
     assert skipped.data == {"reason": "no active sms or pager contact"}
     call = _call_to(node.fake, LEE)
     assert call is not None
@@ -337,10 +272,10 @@ async def test_no_text_contact_is_recorded_and_the_call_stays_bridged(make_node:
 
 async def test_failing_sms_api_is_recorded_and_the_bridge_is_unaffected(make_node: NodeFactory) -> None:
     node = await make_node(fake_cls=BrokenSmsTwilio)
-    await node.radiologist(pstn_voice=LEE, sms=LEE)
+    await node.radiologist(voice=LEE, sms=LEE)
     incident_id = await node.raise_incident()
 
-    failed = await node.wait_event(incident_id, "leg.video_link_failed")
+    failed = (await node.wait_event(incident_id, "leg.video_link_failed"))[0]
     assert failed.data["channel"] == "sms" and failed.data["to"] == "+1312555****"
     assert "HTTP 500" in failed.data["reason"]
     assert "messages.create" in node.fake.rest_requests

@@ -5,7 +5,6 @@ pytest-aiohttp is not used: ``aiohttp.test_utils.TestServer``/``TestClient`` are
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from comms.clock import FakeClock
 from comms.db.engine import create_engine, migrate, session_factory, sqlite_url
 from comms.web.app import build_app
-from comms.web.auth import ThrottlePolicy
-from comms.web.context import WebServices
 from escalation.runner import EscalationRunner
-from tests.web.support import CHEAP_HASHER, Directory, HoldChannel, seed
+from tests.web.support import Directory, HoldChannel, make_services, seed
 
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -63,22 +60,6 @@ async def runner(
     r = EscalationRunner(sf, clock, node_id="web-test", channels={"sip": channel})
     yield r
     await r.stop()
-
-
-def make_services(
-    sf: async_sessionmaker[AsyncSession], clock: FakeClock, runner: Any, **overrides: Any
-) -> WebServices:
-    fields: dict[str, Any] = {
-        "session_factory": sf,
-        "clock": clock,
-        "runner": runner,
-        "session_secret": secrets.token_bytes(32),
-        "cookie_secure": False,
-        "password_hasher": CHEAP_HASHER,
-        "throttle": ThrottlePolicy(window_s=900, max_failures_per_username=5, max_failures_per_address=20),
-    }
-    fields.update(overrides)
-    return WebServices(**fields)
 
 
 @pytest.fixture

@@ -8,9 +8,12 @@ cancels it, or accepts with "1" after ``accept_after`` seconds of the test's clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Callable
+import secrets
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -21,8 +24,20 @@ from comms.clock import Clock
 from comms.db.models import ContactMethod, EscalationPolicy, Person, PolicyTier, Room, Site
 from comms.db.types import ContactKind
 from comms.security import hash_password
+from comms.web.auth import ThrottlePolicy
+from comms.web.context import WebServices
 from escalation.channel import LegOrder, LegReporter
 
+#: Debian's Chromium headless on loopback, for the Playwright tests (tests/web, tests/gateway)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 #: argon2id with the smallest parameters, so that tests that log in many times stay fast
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery staple"
@@ -142,3 +157,35 @@ async def login(
 ) -> None:
     resp = await client.post("/login", json={"username": username, "password": password})
     assert resp.status == 200, await resp.text()
+
+
+def make_services(
+    sf: async_sessionmaker[AsyncSession], clock: Clock, runner: Any, **overrides: Any
+) -> WebServices:
+    """What :func:`comms.web.app.build_app` needs for the tests: a fresh session secret, cheap password hashing,
+    plain-HTTP cookies; ``overrides`` replace fields."""
+    fields: dict[str, Any] = {
+        "session_factory": sf,
+        "clock": clock,
+        "runner": runner,
+        "session_secret": secrets.token_bytes(32),
+        "cookie_secure": False,
+        "password_hasher": CHEAP_HASHER,
+        "throttle": ThrottlePolicy(window_s=900, max_failures_per_username=5, max_failures_per_address=20),
+    }
+    fields.update(overrides)
+    return WebServices(**fields)
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on 127.0.0.1 (a port from the OS) for a real browser; yields its base URL."""
+    app_runner = web.AppRunner(app, access_log=None)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = app_runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await app_runner.cleanup()

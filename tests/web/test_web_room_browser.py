@@ -7,31 +7,25 @@ must show the calling line, then the accept line, from its own 500 ms polling.
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
 from playwright.async_api import async_playwright, expect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comms.clock import SystemClock
 from comms.db.models import Incident
 from comms.web.app import build_app
-from comms.web.context import WebServices
 from escalation.runner import EscalationRunner
-from tests.web.support import CHEAP_HASHER, TOKENS, Directory, HoldChannel
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.web.support import (
+    CHROMIUM_ARGS,
+    TOKENS,
+    Directory,
+    HoldChannel,
+    make_services,
+    served,
+)
 
 
 @pytest.fixture
@@ -41,21 +35,8 @@ async def live_server(sf: async_sessionmaker[AsyncSession], directory: Directory
         sf, clock, node_id="browser-test", channels={"sip": HoldChannel(clock, accept_after=1.5)}
     )
     await runner.start()
-    services = WebServices(
-        session_factory=sf,
-        clock=clock,
-        runner=runner,
-        session_secret=secrets.token_bytes(32),
-        cookie_secure=False,
-        password_hasher=CHEAP_HASHER,
-    )
-    app_runner = web.AppRunner(build_app(services), access_log=None)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = app_runner.addresses[0][:2]
-    yield f"http://{host}:{port}"
-    await app_runner.cleanup()
+    async with served(build_app(make_services(sf, clock, runner))) as url:
+        yield url
     await runner.stop()
 
 
