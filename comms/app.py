@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -55,26 +55,11 @@ def ice_settings(settings: Settings) -> tuple[tuple[IceServer, ...], TurnRest | 
 
 
 def pager_settings(settings: Settings) -> PagerSettings | None:
-    """The pager channel's settings from ``[pager]`` (``None`` when no pager gateway is configured)."""
-    p = settings.pager
-    if p is None:
+    """The pager channel's settings from ``[pager]`` (``None`` when no pager gateway is configured): the same
+    fields, plus the public URL the pages link to."""
+    if settings.pager is None:
         return None
-    return PagerSettings(
-        wctp_url=p.wctp_url,
-        wctp_sender_id=p.wctp_sender_id,
-        wctp_security_code=p.wctp_security_code,
-        snpp_host=p.snpp_host,
-        snpp_port=p.snpp_port,
-        snpp_level=p.snpp_level,
-        snpp_login=p.snpp_login,
-        snpp_password=p.snpp_password,
-        smtp_host=p.smtp_host,
-        smtp_port=p.smtp_port,
-        smtp_from=p.smtp_from,
-        public_base_url=settings.http.public_base_url,
-        poll_s=p.poll_s,
-        timeout_s=p.timeout_s,
-    )
+    return PagerSettings(**asdict(settings.pager), public_base_url=settings.http.public_base_url)
 
 
 @dataclass(frozen=True)
@@ -279,7 +264,6 @@ class CommsApp:
                 voice=voice,
                 sms=sms,
                 dialin=self.twilio_dialin,
-                gateway=self.gateway,
                 grants=grants,
             )
             self._twilio_web = web.AppRunner(hooks, access_log=None)

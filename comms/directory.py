@@ -59,6 +59,7 @@ from comms.db.types import ContactKind, GroupPick, Role, TierName
 from comms.errors import ValidationError
 
 T = TypeVar("T")
+M = TypeVar("M", Rotation, PersonGroup)
 
 EVENT_SOURCE = "directory.import"
 MIN_TOKEN_LENGTH = 16
@@ -643,14 +644,8 @@ def _rotations(
         site = c.ref((*path, "site"), "site", site, sites)
         if isinstance(members, list):
             members = _members(c, (*path, "members"), members, people)
-        if isinstance(site, str) and isinstance(name, str):
-            if (site, name) in keys:
-                c.problem(
-                    (*path, "name"),
-                    f"rotation {name!r} appears twice at site {site!r}: expected unique names",
-                )
-                continue
-            keys.add((site, name))
+        if not _unique_at_site(c, path, keys, "rotation", site, name):
+            continue
         if isinstance(site, str) and isinstance(tier, TierName):
             if (site, tier) in tiers:
                 c.problem(
@@ -662,6 +657,19 @@ def _rotations(
         if _complete(site, name, tier, weekday, time, start, members):
             out.append(RotationEntry(site, name, tier, weekday, time, start, members))
     return out
+
+
+def _unique_at_site(
+    c: _Checker, path: tuple[Any, ...], keys: set[tuple[str, str]], kind: str, site: Any, name: Any
+) -> bool:
+    """False (and a problem) if ``name`` was already seen at ``site``; remembers it otherwise."""
+    if not (isinstance(site, str) and isinstance(name, str)):
+        return True
+    if (site, name) in keys:
+        c.problem((*path, "name"), f"{kind} {name!r} appears twice at site {site!r}: expected unique names")
+        return False
+    keys.add((site, name))
+    return True
 
 
 def _members(
@@ -719,13 +727,8 @@ def _groups(
         elif isinstance(size, int) and listed and size > listed:
             c.problem((*path, "size"), f"{size} is more than the {listed} member(s): expected 1-{listed}")
             size = _INVALID
-        if isinstance(site, str) and isinstance(name, str):
-            if (site, name) in keys:
-                c.problem(
-                    (*path, "name"), f"group {name!r} appears twice at site {site!r}: expected unique names"
-                )
-                continue
-            keys.add((site, name))
+        if not _unique_at_site(c, path, keys, "group", site, name):
+            continue
         if _complete(site, name, pick, size, members):
             out.append(GroupEntry(site, name, members, pick, size))
     return out
@@ -980,59 +983,75 @@ class _Applier:
     async def _rotations(
         self, d: Directory, sites: dict[str, Site], people: dict[str, Person]
     ) -> dict[tuple[str, str], Rotation]:
-        query = sa.select(Rotation).options(selectinload(Rotation.members))
-        rotations = {(x.site_id, x.name): x for x in (await self.s.scalars(query)).all()}
-        for e in d.rotations:
-            key = (sites[e.site].id, e.name)
-            label = f"{e.site}/{e.name}"
-            values: dict[str, Any] = {
-                "tier": e.tier,
-                "handoff_weekday": e.handoff_weekday,
-                "handoff_time": e.handoff_time,
-                "start_date": e.start_date,
-            }
-            member_ids = [people[u].id for u in e.members]
-            members = [RotationMember(position=i, person_id=pid) for i, pid in enumerate(member_ids)]
-            rotation = rotations.get(key)
-            if rotation is None:
-                rotations[key] = Rotation(site_id=key[0], name=e.name, members=members, **values)
-                self.s.add(rotations[key])
-                await self._log("created", "rotation", label)
-                continue
-            reordered = [m.person_id for m in rotation.members] != member_ids
-            if reordered:
-                rotation.members.clear()
-                await self.s.flush()  # the old (rotation, position) rows must go before the new ones arrive
-                rotation.members.extend(members)
-            await self._set(rotation, "rotation", label, values, also=["members"] if reordered else [])
-        await self.s.flush()
-        return rotations
+        return await self._with_members(
+            "rotation",
+            Rotation,
+            RotationMember,
+            [
+                (
+                    e.site,
+                    e.name,
+                    e.members,
+                    {
+                        "tier": e.tier,
+                        "handoff_weekday": e.handoff_weekday,
+                        "handoff_time": e.handoff_time,
+                        "start_date": e.start_date,
+                    },
+                )
+                for e in d.rotations
+            ],
+            sites,
+            people,
+        )
 
     async def _groups(
         self, d: Directory, sites: dict[str, Site], people: dict[str, Person]
     ) -> dict[tuple[str, str], PersonGroup]:
-        query = sa.select(PersonGroup).options(selectinload(PersonGroup.members))
-        groups = {(x.site_id, x.name): x for x in (await self.s.scalars(query)).all()}
-        for e in d.groups:
-            key = (sites[e.site].id, e.name)
-            label = f"{e.site}/{e.name}"
-            values: dict[str, Any] = {"pick": e.pick, "size": e.size}
-            member_ids = [people[u].id for u in e.members]
-            members = [PersonGroupMember(position=i, person_id=pid) for i, pid in enumerate(member_ids)]
-            group = groups.get(key)
-            if group is None:
-                groups[key] = PersonGroup(site_id=key[0], name=e.name, members=members, **values)
-                self.s.add(groups[key])
-                await self._log("created", "group", label)
+        return await self._with_members(
+            "group",
+            PersonGroup,
+            PersonGroupMember,
+            [(e.site, e.name, e.members, {"pick": e.pick, "size": e.size}) for e in d.groups],
+            sites,
+            people,
+        )
+
+    async def _with_members(
+        self,
+        kind: str,
+        model: type[M],
+        member: type[Any],
+        entries: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
+        sites: dict[str, Site],
+        people: dict[str, Person],
+    ) -> dict[tuple[str, str], M]:
+        """Create or update a site's named, ordered member lists (rotations, groups): ``(site, name, members,
+        values)`` per entry; a changed order replaces the member rows."""
+        query = sa.select(model).options(selectinload(model.members))
+        found: dict[tuple[str, str], M] = {
+            (x.site_id, x.name): x for x in (await self.s.scalars(query)).all()
+        }
+        for site, name, usernames, values in entries:
+            key = (sites[site].id, name)
+            label = f"{site}/{name}"
+            member_ids = [people[u].id for u in usernames]
+            members = [member(position=i, person_id=pid) for i, pid in enumerate(member_ids)]
+            row = found.get(key)
+            if row is None:
+                found[key] = model(site_id=key[0], name=name, members=members, **values)
+                self.s.add(found[key])
+                await self._log("created", kind, label)
                 continue
-            reordered = [m.person_id for m in group.members] != member_ids
+            current: list[Any] = row.members
+            reordered = [m.person_id for m in current] != member_ids
             if reordered:
-                group.members.clear()
-                await self.s.flush()  # the old (group, position) rows must go before the new ones arrive
-                group.members.extend(members)
-            await self._set(group, "group", label, values, also=["members"] if reordered else [])
+                current.clear()
+                await self.s.flush()  # the old (parent, position) rows must go before the new ones arrive
+                current.extend(members)
+            await self._set(row, kind, label, values, also=["members"] if reordered else [])
         await self.s.flush()
-        return groups
+        return found
 
     async def _contacts(self, person: Person, e: PersonEntry) -> None:
         existing = {(c.kind, c.address): c for c in person.contact_methods}

@@ -10,14 +10,14 @@ connected with TwiML built by :func:`escalation.twilio_streams.connect_stream`::
 Twilio opens the WebSocket with an ``X-Twilio-Signature`` over the ``wss://`` URL (no body parameters); it is
 checked with ``RequestValidator`` against the configured *public* URL before the upgrade (the ``https://`` form
 of the same URL is accepted too). That signature never changes for a given URL, so it cannot say which call a
-socket belongs to: with ``grants`` (:class:`escalation.twilio_streams.StreamGrants`, always in the service) the
+socket belongs to: with ``grants`` (:class:`escalation.twilio_streams.StreamGrants`) the
 ``start`` message must carry a one-time ``token`` parameter issued for that CallSid, and the grant decides what
 the stream is bridged to (the room, or a SIP leg); a stream without a valid grant is closed and reported through
-``on_refused`` (a ``security.webhook_refused`` event). Without ``grants`` (unit tests of the gateway only) the
-``incident``/``leg`` parameters are trusted on the signature alone. Messages in:
+``on_refused`` (a ``security.webhook_refused`` event). Messages in:
 ``connected``, ``start`` (``streamSid``, ``customParameters``, ``mediaFormat`` audio/x-mulaw 8000),
 ``media`` (base64 µ-law, 20 ms), ``dtmf``, ``mark``, ``stop``; out: ``media`` with our 20 ms frames. Audio goes
-through :meth:`media.gateway.MediaGateway.join_stream`; its supervision and evidence are the gateway's.
+through the grant's ``attach`` (for the room: :meth:`media.gateway.MediaGateway.join_stream`, whose supervision
+and evidence are the gateway's).
 :func:`comms.twilio_web.build_twilio_app` mounts :func:`media_stream_handler` (with the grants) at
 ``GET /twilio/media-stream`` on the Twilio webhook listener: the URL we emit is ``wss://<public base>`` + that
 path, so the reverse proxy must forward WebSocket upgrades for it to that listener.
@@ -38,7 +38,6 @@ from twilio.request_validator import RequestValidator
 
 from escalation.twilio_streams import STREAM_PATH, StreamContext, StreamEndpoint, StreamGrants
 from media.errors import MediaError
-from media.gateway import MediaGateway
 
 __all__ = ["PATH", "media_stream_handler"]
 
@@ -52,14 +51,14 @@ Refused = Callable[[web.Request, str], Awaitable[None]]
 
 
 def media_stream_handler(
-    gateway: MediaGateway,
+    grants: StreamGrants,
     auth_token: str,
     public_base_url: str,
     *,
-    grants: StreamGrants | None = None,
     on_refused: Refused | None = None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The aiohttp handler for Twilio's WebSocket (signature checked against ``public_base_url``)."""
+    """The aiohttp handler for Twilio's WebSocket (signature checked against ``public_base_url``; the stream
+    is bridged to what the grant of its one-time token says)."""
     validator = RequestValidator(auth_token)
     base = public_base_url.rstrip("/")
     host = base.split("://", 1)[1] if "://" in base else base
@@ -80,7 +79,7 @@ def media_stream_handler(
             return web.Response(status=403, text="forbidden")
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
-        reason = await _serve(ws, gateway, grants)
+        reason = await _serve(ws, grants)
         if reason is not None:
             await refuse(request, reason)
         return ws
@@ -88,28 +87,11 @@ def media_stream_handler(
     return handler
 
 
-class _Legacy:
-    """A stream joined by its ``incident``/``leg`` parameters (no grants: gateway unit tests)."""
-
-    def __init__(self, gateway: MediaGateway, incident: str, ctx: StreamContext, leg_id: str | None) -> None:
-        self._gateway, self._incident = gateway, incident
-        self._leg = gateway.join_stream(incident, ctx.stream_sid, ctx.send, leg_id=leg_id)
-        self._closed = False
-
-    def receive(self, ulaw: bytes) -> None:
-        self._leg.receive(ulaw)
-
-    def close(self, reason: str) -> None:
-        if not self._closed:
-            self._closed = True
-            self._gateway.leave_stream(self._incident, self._leg, reason)
-
-
 async def _close(ws: web.WebSocketResponse) -> None:
     await ws.close()
 
 
-async def _serve(ws: web.WebSocketResponse, gateway: MediaGateway, grants: StreamGrants | None) -> str | None:
+async def _serve(ws: web.WebSocketResponse, grants: StreamGrants) -> str | None:
     """Run one stream; returns why it was refused (a security matter), or None."""
     outbox: asyncio.Queue[bytes] = asyncio.Queue()
     leg: StreamEndpoint | None = None
@@ -160,16 +142,13 @@ async def _serve(ws: web.WebSocketResponse, gateway: MediaGateway, grants: Strea
                     call_sid = str(start.get("callSid") or "")
                     ctx = StreamContext(stream_sid, call_sid, send, end)
                     try:
-                        if grants is None:
-                            leg = _Legacy(gateway, str(params.get("incident", "")), ctx, params.get("leg"))
-                        else:
-                            try:
-                                grant = grants.claim(str(params.get("token", "")), call_sid)
-                            except MediaError as exc:
-                                refused = f"media stream {stream_sid} of call {call_sid}: {exc}"
-                                reason = "refused"
-                                break
-                            leg = grant.attach(ctx)
+                        grant = grants.claim(str(params.get("token", "")), call_sid)
+                    except MediaError as exc:
+                        refused = f"media stream {stream_sid} of call {call_sid}: {exc}"
+                        reason = "refused"
+                        break
+                    try:
+                        leg = grant.attach(ctx)
                     except MediaError as exc:
                         log.warning("Twilio stream %s not bridged: %s", stream_sid, exc)
                         reason = str(exc)

@@ -41,7 +41,6 @@ from comms.db.events import append_event
 from escalation.twilio_channel import TwilioSettings, TwilioSmsChannel, TwilioVoiceChannel
 from escalation.twilio_dialin import TwilioDialIn
 from escalation.twilio_streams import StreamGrants
-from media.gateway import MediaGateway
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +59,10 @@ def build_twilio_app(
     voice: TwilioVoiceChannel | None,
     sms: TwilioSmsChannel | None,
     dialin: TwilioDialIn | None = None,
-    gateway: MediaGateway | None = None,
     grants: StreamGrants | None = None,
 ) -> web.Application:
     """The webhook application for ``voice``, ``sms`` and ``dialin`` (each may be None: its routes answer 404);
-    with ``gateway`` and ``grants``, also the Media Streams WebSocket (streams need a grant token)."""
+    with ``grants``, also the Media Streams WebSocket (each stream needs a token one of them grants)."""
     validator = RequestValidator(settings.auth_token)
     base = settings.public_base_url.rstrip("/")
 
@@ -172,15 +170,11 @@ def build_twilio_app(
     app.router.add_post("/twilio/dialin/hold/{sid}", signed(on_dialin_hold))
     app.router.add_post("/twilio/dialin/status", signed(on_dialin_status))
     app.router.add_post("/twilio/dialin/conference/{sid}", signed(on_dialin_conference))
-    if gateway is not None and grants is not None:
+    if grants is not None:
         app.router.add_get(
             twilio_media.PATH,
             twilio_media.media_stream_handler(
-                gateway,
-                settings.auth_token,
-                settings.public_base_url,
-                grants=grants,
-                on_refused=record_refusal,
+                grants, settings.auth_token, settings.public_base_url, on_refused=record_refusal
             ),
         )
     return app

@@ -554,17 +554,14 @@ class TwilioVoiceChannel:
 
     async def _answer_turn(self, leg: _VoiceLeg, turn: Turn) -> str:
         assert leg.ivr is not None
-        while True:
-            if turn.check is not None:
-                ok = await leg.reporter.check_pin(leg.leg_id, turn.check.digits)
-                turn = leg.ivr.pin_checked(ok, self._clock.monotonic())
-                continue
-            if turn.finish is not None:
-                twiml = await self._finish(leg, turn.finish)
-                leg.ivr.close(twiml)
-                return twiml
-            assert turn.twiml is not None
-            return turn.twiml
+
+        async def check(digits: str) -> bool:
+            return await leg.reporter.check_pin(leg.leg_id, digits)
+
+        async def finish(done: Any) -> str:
+            return await self._finish(leg, done)
+
+        return await leg.ivr.answer(turn, check=check, finish=finish, monotonic=self._clock.monotonic)
 
     async def _finish(self, leg: _VoiceLeg, finish: Any) -> str:
         leg_id, order = leg.leg_id, leg.order

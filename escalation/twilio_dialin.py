@@ -53,6 +53,7 @@ from comms.db.types import Channel as ChannelKind
 from comms.db.types import IncidentState as DbState
 from comms.errors import ValidationError
 from comms.phone import PhoneNumberError, mask, normalize_e164
+from comms.tasks import TaskSet
 from escalation.channel import LegOrder
 from escalation.dialin import DialInSettings
 from escalation.dialin_common import (
@@ -172,7 +173,7 @@ class TwilioDialIn:
         self._menu = dialin_menu(room_known=False)
         self._callers: dict[str, _Caller] = {}
         self._waiting: dict[str, _Caller] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "Twilio dial-in")
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -182,10 +183,7 @@ class TwilioDialIn:
         return c is not None and not c.ended and c.radio is None
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         for c in self._callers.values():
             if c.bridge is not None:
                 c.bridge.close("shutdown")
@@ -250,17 +248,14 @@ class TwilioDialIn:
 
     async def _answer_turn(self, c: _Caller, turn: Turn) -> str:
         assert c.ivr is not None
-        while True:
-            if turn.check is not None:
-                ok = await self._check_room(c, turn.check.digits)
-                turn = c.ivr.pin_checked(ok, self._clock.monotonic())
-                continue
-            if turn.finish is not None:
-                twiml = await self._menu_done(c, turn.finish)
-                c.ivr.close(twiml)
-                return twiml
-            assert turn.twiml is not None
-            return turn.twiml
+
+        async def check(digits: str) -> bool:
+            return await self._check_room(c, digits)
+
+        async def finish(done: Finish) -> str:
+            return await self._menu_done(c, done)
+
+        return await c.ivr.answer(turn, check=check, finish=finish, monotonic=self._clock.monotonic)
 
     async def _check_room(self, c: _Caller, digits: str) -> bool:
         assert c.plan is not None
@@ -520,7 +515,7 @@ class TwilioDialIn:
         wake = asyncio.Event()
         bridge = RtpStreamBridge(self._clock, radio.call.media, ctx, on_close=lambda _reason: wake.set())
         c.bridge = bridge
-        self._spawn(self._bridged(c, radio, bridge, wake))
+        self._tasks.spawn(self._bridged(c, radio, bridge, wake))
         return bridge
 
     async def _bridged(self, c: _Caller, radio: _Radio, bridge: RtpStreamBridge, wake: asyncio.Event) -> None:
@@ -597,7 +592,7 @@ class TwilioDialIn:
 
     def _update_caller(self, c: _Caller, twiml: str) -> None:
         """Move the caller's live call on now (the next hold redirect would get the same document anyway)."""
-        self._spawn(self._update(c, twiml))
+        self._tasks.spawn(self._update(c, twiml))
 
     async def _update(self, c: _Caller, twiml: str) -> None:
         try:
@@ -624,16 +619,6 @@ class TwilioDialIn:
         if call.state is not CallState.ENDED:
             with contextlib.suppress(SipError):
                 await call.hangup()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Twilio dial-in task failed", exc_info=task.exception())
 
     # ------------------------------------------------------------------------------------- evidence
 

@@ -198,9 +198,7 @@ def room_stream_handler(
     speech = voice or Voice()
 
     async def offer(order: LegOrder, call: TwilioCallRef) -> Handover | None:
-        gateway.open_incident(order.incident_id, order.room_code)
-        room = gateway.rooms[order.room_code]
-        if room.session.state != "connected" and not room.bridge.mixer.parties:
+        if not gateway.reachable(order.incident_id, order.room_code):
             log.info(
                 "[incident=%s leg=%s] accepted Twilio call not streamed: room %s has no live session",
                 order.incident_id,

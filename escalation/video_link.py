@@ -52,6 +52,7 @@ from comms.db.models import ContactMethod, Incident
 from comms.db.types import ContactKind
 from comms.errors import CommsError
 from comms.phone import mask
+from comms.tasks import TaskSet
 from escalation.channel import LegOrder
 from escalation.pager import (
     EmailPager,
@@ -145,7 +146,7 @@ class VideoLinkSender:
         self._client = twilio_client
         self._pager = pager
         self._http: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "video link")
 
     # --- hooks ------------------------------------------------------------------------------------------
 
@@ -178,16 +179,11 @@ class VideoLinkSender:
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run ``work`` in a task of its own (kept until done; cancelled by :meth:`close`)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(work)
 
     async def close(self) -> None:
         """Cancel the sends still running (the node is stopping) and close the WCTP HTTP session."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
         if self._http is not None:
             await self._http.close()
             self._http = None

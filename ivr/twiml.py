@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -247,6 +247,27 @@ class TwimlCall:
         if answer.twiml is not None:
             self._answers[answer.number - 1] = answer
         return answer
+
+    async def answer(
+        self,
+        turn: Turn,
+        *,
+        check: Callable[[str], Awaitable[bool]],
+        finish: Callable[[Finish], Awaitable[str]],
+        monotonic: Callable[[], float],
+    ) -> str:
+        """The TwiML for ``turn``: the adapter's ``check`` answers each digit check (a PIN, a room code) until
+        the menu asks for input again; a finished menu gets the TwiML ``finish`` makes (and a repeat of it)."""
+        while True:
+            if turn.check is not None:
+                turn = self.pin_checked(await check(turn.check.digits), monotonic())
+                continue
+            if turn.finish is not None:
+                twiml = await finish(turn.finish)
+                self.close(twiml)
+                return twiml
+            assert turn.twiml is not None
+            return turn.twiml
 
     def hangup(self, now: float) -> Finish | None:
         """The caller hung up (a ``completed`` status callback): the menu's end, unless it had ended."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from aiortc import MediaStreamTrack
 
 from comms.clock import Clock, TimerHandle
 from comms.ids import new_id
+from comms.tasks import TaskSet
 from media import audio
 from media.bridge import NARROW_FRAME, AudioBridge, BridgeTrack, Pcm, Resampler
 from media.errors import MediaError
@@ -146,7 +147,7 @@ class MediaGateway:
         self._k = 0
         self.history: list[MediaEvidence] = []  # what was emitted (bounded to the last 1000)
         self._closed = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "media gateway")
 
     def ice_servers_for(self, user: str) -> tuple[IceServer, ...]:
         """The ICE servers for one connection of ``user`` (a person id, ``room-<code>``, ``gateway``): the
@@ -290,6 +291,13 @@ class MediaGateway:
         self._emit(MediaEvidence(incident_id, "media.phone_joined", {"party": party}, leg_id))
         return party
 
+    def reachable(self, incident_id: str, room_code: str) -> bool:
+        """Open the incident's record in ``room_code``; whether anyone is there for an accepted phone leg to talk
+        to (the room's live session, or another party already bridged)."""
+        self.open_incident(incident_id, room_code)
+        room = self.rooms[room_code]
+        return room.session.state == "connected" or bool(room.bridge.mixer.parties)
+
     async def on_accepted(self, order: Any, call: Any) -> bool:
         """``escalation.sip_channel.AcceptedCallHandler``: bridge the winner's call into the incident's room.
 
@@ -298,9 +306,7 @@ class MediaGateway:
         channel can say so and hang up; True once the call is bridged (the record is audio-only until a console
         shows video).
         """
-        self.open_incident(order.incident_id, order.room_code)
-        room = self.rooms[order.room_code]
-        if room.session.state != "connected" and not room.bridge.mixer.parties:
+        if not self.reachable(order.incident_id, order.room_code):
             log.info(
                 "[incident=%s] accepted call not bridged: room %s has no live session",
                 order.incident_id,
@@ -453,7 +459,7 @@ class MediaGateway:
                 self._on_alarm(inc, room, action)
         if now - inc.last_quality >= self.quality_every_s - 1e-6:
             inc.last_quality = now
-            self._spawn(self._quality(inc, room))
+            self._tasks.spawn(self._quality(inc, room))
 
     def _on_alarm(self, inc: _Incident, room: Room, alarm: Alarm) -> None:
         party = str(alarm.data.get("party"))
@@ -462,7 +468,7 @@ class MediaGateway:
             phone = inc.phones.get(party)
             if phone is not None and not phone.restore_tried:
                 phone.restore_tried = True
-                self._spawn(self._reinvite(inc, phone))
+                self._tasks.spawn(self._reinvite(inc, phone))
             elif party == "room":
                 self._emit(
                     MediaEvidence(
@@ -488,16 +494,6 @@ class MediaGateway:
                 phone.leg_id,
             )
         )
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("media gateway task failed", exc_info=task.exception())
 
     async def _quality(self, inc: _Incident, room: Room) -> None:
         data: dict[str, Any] = {"room": await room.session.stats()}
@@ -540,6 +536,7 @@ class MediaGateway:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        await self._tasks.close()
         for inc in self.incidents.values():
             for phone in inc.phones.values():
                 if phone.watcher is not None:

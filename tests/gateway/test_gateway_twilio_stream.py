@@ -15,6 +15,7 @@ from twilio.request_validator import RequestValidator
 
 from comms.clock import SystemClock
 from comms.twilio_media import PATH, media_stream_handler
+from escalation.twilio_streams import StreamGrants, gateway_attach
 from media import audio
 from media.gateway import MediaGateway
 from tests.gateway.support import AiortcRoom
@@ -25,26 +26,37 @@ PUBLIC = "https://comms.example.org"
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[str, MediaGateway]]:
-    gw = MediaGateway(SystemClock())
+async def served() -> AsyncIterator[tuple[str, MediaGateway, StreamGrants]]:
+    clock = SystemClock()
+    gw = MediaGateway(clock)
+    grants = StreamGrants(clock)
     app = web.Application()
-    app.router.add_get(PATH, media_stream_handler(gw, TOKEN, PUBLIC))
+    app.router.add_get(PATH, media_stream_handler(grants, TOKEN, PUBLIC))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    yield f"ws://127.0.0.1:{port}{PATH}", gw
+    yield f"ws://127.0.0.1:{port}{PATH}", gw, grants
     await gw.close()
     await runner.cleanup()
 
 
-async def test_twilio_stream_hears_the_room_and_is_heard(served: tuple[str, MediaGateway]) -> None:
-    url, gw = served
+async def test_twilio_stream_hears_the_room_and_is_heard(
+    served: tuple[str, MediaGateway, StreamGrants],
+) -> None:
+    url, gw, grants = served
     room = AiortcRoom(freq=440.0)
     await room.answer(await gw.room_offer("CT-1", await room.offer()))
     await until(lambda: gw.rooms["CT-1"].session.state == "connected")
     gw.open_incident("inc-t", "CT-1")
+    token = grants.issue(
+        incident_id="inc-t",
+        leg_id="L9",
+        call_sid="CA1",
+        purpose="room",
+        attach=gateway_attach(gw, "inc-t", "L9"),
+    )
     signature = RequestValidator(TOKEN).compute_signature(f"wss://comms.example.org{PATH}", {})
     levels: list[float] = []
     async with ClientSession() as http, http.ws_connect(url, headers={"X-Twilio-Signature": signature}) as ws:
@@ -52,7 +64,7 @@ async def test_twilio_stream_hears_the_room_and_is_heard(served: tuple[str, Medi
         start = {
             "streamSid": "MZ1",
             "callSid": "CA1",
-            "customParameters": {"incident": "inc-t", "leg": "L9"},
+            "customParameters": {"token": token},
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
         }
         await ws.send_str(
@@ -90,8 +102,8 @@ async def test_twilio_stream_hears_the_room_and_is_heard(served: tuple[str, Medi
     await room.close()
 
 
-async def test_unsigned_stream_is_refused(served: tuple[str, MediaGateway]) -> None:
-    url, _ = served
+async def test_unsigned_stream_is_refused(served: tuple[str, MediaGateway, StreamGrants]) -> None:
+    url, _, _ = served
     async with ClientSession() as http:
         with pytest.raises(WSServerHandshakeError) as info:
             await http.ws_connect(url, headers={"X-Twilio-Signature": "bogus"})
