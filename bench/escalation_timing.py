@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sqlalchemy as sa
 
 from comms.clock import SystemClock
-from comms.db.engine import create_engine, session_factory
+from comms.db.engine import create_engine, node_engine, session_factory
 from comms.db.models import Event, Incident
 from escalation.channel import LegOrder, LegReporter
 from escalation.runner import EscalationRunner
@@ -71,7 +71,10 @@ def pct(values: list[float], p: float) -> float:
 async def run(backend: str, incidents: int, spread: float, ring: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="esc-bench-"))
     url = await migrated_database(backend, tmp)
-    engine = create_engine(url, pool_size=10) if backend == "postgresql" else create_engine(url)
+    # SQLite: the engine a node runs on (inline statements, one connection, WAL checkpointer thread)
+    engine, checkpointer = (
+        (create_engine(url, pool_size=10), None) if backend == "postgresql" else node_engine(url)
+    )
     sf = session_factory(engine)
     rooms = await seed_directory(sf, [["a"], ["b"], ["c"]], ring_timeout_s=ring, rooms=incidents)
     clock = SystemClock()
@@ -101,6 +104,8 @@ async def run(backend: str, incidents: int, spread: float, ring: int) -> dict[st
             )
         ).all()
     await engine.dispose()
+    if checkpointer is not None:
+        checkpointer.stop()
     late: list[float] = []
     previous: dict[str, dt.datetime] = {}
     for ev in events:

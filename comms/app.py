@@ -12,7 +12,8 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from comms.clock import Clock, SystemClock
-from comms.db.engine import create_engine, migrate, session_factory
+from comms.db.engine import migrate, node_engine, session_factory
+from comms.db.inline_sqlite import Checkpointer
 from comms.twilio_web import build_twilio_app
 from comms.web import media_routes
 from comms.web.app import build_app
@@ -108,6 +109,7 @@ class CommsApp:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.engine: AsyncEngine | None = None
+        self._checkpointer: Checkpointer | None = None
         self.sessions: async_sessionmaker[AsyncSession] | None = None
         self.ua: UserAgent | None = None
         self.runner: EscalationRunner | None = None
@@ -132,10 +134,7 @@ class CommsApp:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate(cfg.database_url)
-        # SQLite has one writer: a single pooled connection makes writers queue in asyncio instead of sleeping
-        # in SQLite's busy handler (which added up to 100 ms steps under load).
-        single = {"pool_size": 1, "max_overflow": 0} if cfg.database_url.startswith("sqlite") else {}
-        self.engine = create_engine(cfg.database_url, **single)
+        self.engine, self._checkpointer = node_engine(cfg.database_url)
         self.sessions = session_factory(self.engine)
         self.ua = await UserAgent.start(
             self.clock, UaConfig(host=cfg.sip_host, udp_port=cfg.sip_udp_port, tcp_port=cfg.sip_tcp_port)
@@ -301,3 +300,6 @@ class CommsApp:
             await self.ua.close()
         if self.engine is not None:
             await self.engine.dispose()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None

@@ -23,6 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from comms.db.inline_sqlite import Checkpointer, InlineConnection, inline_creator
 from comms.errors import CommsError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -39,8 +40,12 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An ``AsyncEngine`` for ``url`` (SQLite via aiosqlite or PostgreSQL via asyncpg)."""
+def create_engine(url: str, *, inline: bool = False, **kwargs: Any) -> AsyncEngine:
+    """An ``AsyncEngine`` for ``url`` (SQLite via aiosqlite or PostgreSQL via asyncpg).
+
+    ``inline``: on a SQLite file, run the statements on the event loop's thread instead of aiosqlite's worker
+    (:mod:`comms.db.inline_sqlite`): for the hot path's short statements; ignored on PostgreSQL.
+    """
     parsed = make_url(url)
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend not in ("sqlite", "postgresql"):
@@ -49,10 +54,35 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         raise DatabaseError(f"database url {parsed!r} uses driver {driver!r}: expected aiosqlite")
     if backend == "postgresql" and driver != "asyncpg":
         raise DatabaseError(f"database url {parsed!r} uses driver {driver!r}: expected asyncpg")
+    if inline and backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        kwargs.setdefault("async_creator", inline_creator(parsed.database, SQLITE_BUSY_TIMEOUT_MS / 1000))
     engine = create_async_engine(url, **kwargs)
     if backend == "sqlite":
         _configure_sqlite(engine)
     return engine
+
+
+def node_engine(url: str) -> tuple[AsyncEngine, Checkpointer | None]:
+    """The engine a node (``comms serve``) runs on, and on a SQLite file its WAL checkpointer, started.
+
+    On SQLite: statements on the loop's thread (``inline``), and one pooled connection, so that writers queue in
+    asyncio instead of in SQLite's busy handler (which added up to 100 ms steps under load). The caller stops
+    the checkpointer after disposing of the engine.
+    """
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_engine(url), None
+    checkpointer = sqlite_checkpointer(url)
+    if checkpointer is not None:
+        checkpointer.start()
+    return create_engine(url, inline=True, pool_size=1, max_overflow=0), checkpointer
+
+
+def sqlite_checkpointer(url: str) -> Checkpointer | None:
+    """A WAL checkpointer thread (not started) for a SQLite file ``url``; None for PostgreSQL or memory."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Checkpointer(parsed.database)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -63,7 +93,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if not isinstance(getattr(dbapi_connection, "_connection", None), InlineConnection):
+                # an inline connection waits for locks itself, yielding the loop (inline_sqlite)
+                cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
