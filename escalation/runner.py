@@ -663,7 +663,12 @@ class EscalationRunner:
     # -------------------------------------------------------------------------------------------- sending
 
     async def _send(self, rows: Sequence[Outbox]) -> None:
-        """Perform committed outbox rows addressed to this node: start the leg, *then* mark it sent."""
+        """Perform committed outbox rows addressed to this node: start the legs, *then* mark them sent.
+
+        One write marks every performed row: a tier of N targets is not N transactions ahead of its last leg's
+        start. A row whose perform failed stays unsent (the sweep retries it).
+        """
+        performed: list[str] = []
         for row in rows:
             if row.node != self.node_id:
                 continue  # a cancel for a leg another node runs: that node's sweep performs it
@@ -672,13 +677,16 @@ class EscalationRunner:
             except Exception:
                 log.exception("[incident=%s leg=%s] outbox %s failed", row.incident_id, row.leg_id, row.key)
                 continue
-            async with self._write() as s:
-                await s.execute(
-                    sa.update(Outbox)
-                    .where(Outbox.id == row.id)
-                    .values(sent_at=self._clock.now(), sends=Outbox.sends + 1)
-                    .execution_options(synchronize_session=False)
-                )
+            performed.append(row.id)
+        if not performed:
+            return
+        async with self._write() as s:
+            await s.execute(
+                sa.update(Outbox)
+                .where(Outbox.id.in_(performed))
+                .values(sent_at=self._clock.now(), sends=Outbox.sends + 1)
+                .execution_options(synchronize_session=False)
+            )
 
     async def _perform(self, row: Outbox) -> None:
         match row.action:

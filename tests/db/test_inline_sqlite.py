@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -75,7 +76,7 @@ async def test_a_lock_wait_yields_the_loop_and_then_proceeds(tmp_path: Path) -> 
         waited = time.monotonic() - started
         assert 0.25 <= waited < 2.0, f"waited {waited:.3f} s for a lock held 0.3 s"
         during = [t for t in ticks if started <= t <= started + waited]
-        gaps = [b - a for a, b in zip(during, during[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(during)]
         assert len(during) >= 10 and max(gaps) < 0.1, (
             f"loop blocked: {len(during)} ticks, max gap {max(gaps)}"
         )
