@@ -1,22 +1,30 @@
 """The video link: a radiologist who accepts on a phone is texted the room console's address.
 
 A whole node (``comms.app.CommsApp``: SQLite, our SIP stack, the media gateway, the Twilio channels against the
-fake Twilio, the pager channel against the loopback WCTP gateway) and a live room (an aiortc tablet), so that an
-accepted call is really bridged:
+fake Twilio, the pager channel against loopback WCTP, SNPP and SMTP gateways from ``tests.pager.servers``) and a
+live room (an aiortc tablet), so that an accepted call is really bridged:
 
 * a SIP radiologist (the pjsua2 softphone) with an ``sms`` contact presses 1: one SMS with the console link and
   no PHI reaches the fake Twilio, ``leg.video_link_sent`` is in the incident's chain (which verifies), and the
   call hears "A video link has been sent to your phone." (``leg.video_link_announced``);
 * a Twilio-voice radiologist accepts: the same SMS, the call streamed to the room;
-* a radiologist with only a pager contact: a one-way WCTP message carries the link;
+* a radiologist with only a pager contact: a one-way WCTP message carries the link; so does a level-2 SNPP page
+  (never ``2WAY``, even when the gateway is run at level 3 for alerts) to a ``snpp:`` contact, and an e-mail
+  through the SMTP relay to a ``mailto:`` contact, each arriving at a loopback gateway;
 * no text-capable contact: ``leg.video_link_skipped`` with the reason, the call still bridged; an accept that is
   not on a phone is never sent a link;
-* the SMS API answers 500: ``leg.video_link_failed`` with the reason, the bridge is not affected.
+* the SMS API answers 500, or the SNPP gateway refuses the page, hangs up or resets the connection:
+  ``leg.video_link_failed`` with the reason, the bridge is not affected (and an SMS contact still gets its link).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import email
+import email.policy
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,13 +42,16 @@ from escalation.channel import LegOrder
 from escalation.pager import PagerSettings
 from escalation.video_link import ANNOUNCED_TEXT, VideoLinkSender, console_url
 from tests.gateway.support import AiortcRoom
-from tests.pager.servers import WctpServer
+from tests.pager.servers import SmtpServer, SnppServer, WctpServer
 from tests.support import NodeReads, Rad, RoomSpec, seed_site, start_node, until
 from tests.twilio.conftest import OUR_NUMBER, PUBLIC_BASE, fake_twilio, twilio_settings
 from tests.twilio.fake_twilio import FakeCall, FakeTwilio, Phone
 
 LEE = "+13125550111"
 PAGER_ID = "5551001"
+SNPP_ID = "5552001"
+SNPP_LOGIN = ("comms", "pw")
+PAGER_MAIL = "5553001@pager.example.net"
 LINK = f"{PUBLIC_BASE}/rooms/CT2/console"
 
 
@@ -58,11 +69,29 @@ class BrokenSmsTwilio(FakeTwilio):
         return self._error(20500, "Internal Server Error", status=500)
 
 
+class ClosingSnppServer(SnppServer):
+    """An SNPP gateway that greets, reads the first command and hangs up (FIN) without answering it."""
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 SNPP (V3) Gateway Ready\r\n")
+        await writer.drain()
+        self.commands.append((await reader.readline()).decode().strip())
+        writer.close()
+        await writer.wait_closed()
+
+
 class Node(NodeReads):
     event_timeout = 25.0
 
-    def __init__(self, app: CommsApp, fake: FakeTwilio, wctp: WctpServer, room: AiortcRoom) -> None:
-        self.app, self.fake, self.wctp, self.room = app, fake, wctp, room
+    def __init__(
+        self,
+        app: CommsApp,
+        fake: FakeTwilio,
+        gateways: tuple[WctpServer, SnppServer, SmtpServer],
+        room: AiortcRoom,
+    ) -> None:
+        self.app, self.fake, self.room = app, fake, room
+        self.wctp, self.snpp, self.smtp = gateways
 
     async def radiologist(self, **contacts: str) -> None:
         """One tier with one radiologist, Dr Lee, whose contacts are ``voice=``, ``sip=``, ``sms=``, ``pager=``."""
@@ -105,18 +134,31 @@ NodeFactory = Callable[..., Awaitable[Node]]
 
 @pytest.fixture
 async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
-    """``await make_node(fake_cls=FakeTwilio)``: a started node with Twilio and a WCTP pager gateway."""
+    """``await make_node(fake_cls=FakeTwilio, snpp=None)``: a started node with Twilio and the pager gateways
+    (WCTP, SNPP at level 3 with a login, an SMTP relay); ``snpp`` replaces the SNPP gateway that knows ``SNPP_ID``."""
     started: list[Node] = []
 
-    async def make(*, fake_cls: type[FakeTwilio] = FakeTwilio) -> Node:
+    async def make(*, fake_cls: type[FakeTwilio] = FakeTwilio, snpp: SnppServer | None = None) -> Node:
         fake = fake_twilio({LEE: Phone("human", keys="1", tone_hz=700.0)}, fake_cls, burst=False)
         api = await fake.start()
         wctp = WctpServer({PAGER_ID})
         await wctp.start()
+        snpp = SnppServer({SNPP_ID}, login=SNPP_LOGIN) if snpp is None else snpp
+        await snpp.start()
+        smtp = SmtpServer()
+        await smtp.start()
         twilio = twilio_settings(api, ivr_timeout_s=2.0)
         pager = PagerSettings(
             wctp_url=wctp.url,
             wctp_security_code="s3cret",
+            snpp_host="127.0.0.1",
+            snpp_port=snpp.port,
+            snpp_level=3,
+            snpp_login=SNPP_LOGIN[0],
+            snpp_password=SNPP_LOGIN[1],
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            smtp_from="alerts@comms.test",
             public_base_url=PUBLIC_BASE,
             poll_s=0.1,
             timeout_s=2.0,
@@ -133,7 +175,7 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
             pager=pager,
         )
         fake.webhook_base = f"http://127.0.0.1:{app.twilio_port}"
-        node = Node(app, fake, wctp, AiortcRoom(freq=440.0))
+        node = Node(app, fake, (wctp, snpp, smtp), AiortcRoom(freq=440.0))
         started.append(node)
         return node
 
@@ -143,6 +185,8 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
         await node.fake.close()
         await node.app.stop()
         await node.wctp.close()
+        await node.snpp.close()
+        await node.smtp.close()
 
 
 def _call_to(fake: FakeTwilio, number: str) -> FakeCall | None:
@@ -244,6 +288,121 @@ async def test_pager_only_radiologist_gets_a_one_way_wctp_page_with_the_link(mak
     }
     assert _link_messages(node.fake) == []
     await _chain_ok(node, incident_id)
+
+
+async def test_pager_only_radiologist_gets_a_one_way_snpp_page_with_the_link(make_node: NodeFactory) -> None:
+    node = await make_node()
+    await node.radiologist(voice=LEE, pager=f"snpp:{SNPP_ID}")
+    incident_id = await node.raise_incident()
+
+    sent = (await node.wait_event(incident_id, "leg.video_link_sent"))[0]
+    (page,) = [p for p in node.snpp.pages if "/console" in p.text]
+    assert page.pager == SNPP_ID
+    order = await node.order(sent.leg_id)
+    assert order.kind == "pstn_voice"  # recorded on the accepting phone leg, not on the pager's alert leg
+    _assert_link_sms(page.text, order.incident_code)
+    # the gateway runs at level 3 for alerts (2WAY, Accept/Decline); the link is a level-2 page: nothing to answer
+    assert not page.two_way and page.responses == {}
+    assert [(p.two_way, p.responses) for p in node.snpp.pages if p is not page] == [
+        (True, {"01": "Accept", "02": "Decline"})
+    ]
+    verbs = [c.split()[0].upper() for c in node.snpp.commands]
+    assert "DATA" in verbs and verbs.count("2WAY") == 1  # the link went by DATA; only the alert said 2WAY
+    assert sent.data == {
+        "channel": "pager",
+        "via": "snpp",
+        "to": "snpp:555****",
+        "provider_id": None,  # a level-2 SEND returns no Message_Tag
+        "link": LINK,
+    }
+    assert _link_messages(node.fake) == [] and node.smtp.messages == []
+    assert not any("/console" in p.text for p in node.wctp.pages.values())
+    await _chain_ok(node, incident_id)
+
+
+async def test_pager_only_radiologist_gets_an_email_to_pager_with_the_link(make_node: NodeFactory) -> None:
+    node = await make_node()
+    await node.radiologist(voice=LEE, pager=f"mailto:{PAGER_MAIL}")
+    incident_id = await node.raise_incident()
+
+    sent = (await node.wait_event(incident_id, "leg.video_link_sent"))[0]
+    order = await node.order(sent.leg_id)
+    assert order.kind == "pstn_voice"
+    mails = [
+        (sender, rcpts, email.message_from_string(raw, policy=email.policy.default))
+        for sender, rcpts, raw in node.smtp.messages
+    ]
+    assert all(phi.scan(raw) == [] for _, _, raw in node.smtp.messages)  # the wire, headers included
+    ((sender, rcpts, mail),) = [m for m in mails if m[2]["Subject"].startswith("CONTRAST VIDEO")]
+    assert sender == "alerts@comms.test" and rcpts == [PAGER_MAIL] and mail["To"] == PAGER_MAIL
+    assert mail["Subject"] == f"CONTRAST VIDEO {order.incident_code}"
+    body = mail.get_content()
+    assert isinstance(body, str)
+    _assert_link_sms(body, order.incident_code)
+    assert [m["Subject"] for _, _, m in mails if m is not mail] == [f"CONTRAST ALERT {order.incident_code}"]
+    assert sent.data == {
+        "channel": "pager",
+        "via": "mailto",
+        "to": "mailto:5***@pager.example.net",
+        "provider_id": None,
+        "link": LINK,
+    }
+    assert _link_messages(node.fake) == [] and node.snpp.pages == []
+    await _chain_ok(node, incident_id)
+
+
+class ResettingSnppServer(SnppServer):
+    """An SNPP gateway that greets, reads the first command and then resets the connection (TCP RST)."""
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 SNPP (V3) Gateway Ready\r\n")
+        await writer.drain()
+        self.commands.append((await reader.readline()).decode().strip())
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+
+@pytest.mark.parametrize(
+    ("gateway", "reason"),
+    [
+        (lambda: SnppServer(set(), login=SNPP_LOGIN), "SNPP PAGE answered 550 'Error, Invalid Pager ID'"),
+        (lambda: ClosingSnppServer(set()), "SNPP gateway closed the connection"),
+        (lambda: ResettingSnppServer(set()), "ConnectionResetError"),
+    ],
+    ids=["refuses-page", "hangs-up", "resets"],
+)
+async def test_failing_snpp_gateway_is_recorded_and_the_bridge_is_unaffected(
+    make_node: NodeFactory, gateway: Callable[[], SnppServer], reason: str
+) -> None:
+    node = await make_node(snpp=gateway())
+    await node.radiologist(voice=LEE, sms=LEE, pager=f"snpp:{SNPP_ID}")
+    incident_id = await node.raise_incident()
+
+    failed = (await node.wait_event(incident_id, "leg.video_link_failed"))[0]
+    # the pager's failure costs the SMS nothing: it is sent and recorded on the same leg
+    sent = (await node.wait_event(incident_id, "leg.video_link_sent"))[0]
+    (msg,) = _link_messages(node.fake)
+    assert sent.leg_id == failed.leg_id and sent.data["channel"] == "sms"
+    assert sent.data["provider_id"] == msg["sid"]
+    order = await node.order(failed.leg_id)
+    assert order.kind == "pstn_voice"
+    assert {k: v for k, v in failed.data.items() if k != "reason"} == {
+        "channel": "pager",
+        "via": "snpp",
+        "to": "snpp:555****",
+    }
+    assert reason in failed.data["reason"]
+    assert node.snpp.commands  # the gateway was really reached
+    call = _call_to(node.fake, LEE)
+    assert call is not None
+    await until(lambda: bool(call.streams) and len(call.streams[0].heard) > 50, within=15)
+    assert not call.done.is_set()  # the radiologist still hears the room
+    events = await _chain_ok(node, incident_id)
+    assert [e.data for e in events if e.kind == "leg.handed_over"] == [{"to": "room_stream"}]
+    outcomes = sorted((e.kind, e.data["channel"]) for e in events if e.kind.startswith("leg.video_link_"))
+    assert outcomes == [("leg.video_link_failed", "pager"), ("leg.video_link_sent", "sms")]
+    assert node.snpp.pages == []
 
 
 async def test_no_text_contact_is_recorded_and_the_call_stays_bridged(make_node: NodeFactory) -> None:
