@@ -30,6 +30,13 @@ Twilio posts every inbound call to our dial-in number to ``/twilio/dialin`` (sig
    cross-connected with the SIP leg's RTP session (:class:`~escalation.twilio_streams.RtpStreamBridge`). If the
    REST update fails, the caller's next ``<Redirect>`` gets the same document. Conference participant callbacks
    and the stream bridge's counters become ``bridge.*`` events and ``incident.connected``.
+5. *A stream that never comes.* After the handover to a SIP radiologist one task waits at most
+   ``stream_timeout_s`` for Twilio to open the stream. None by then: the grant is revoked (a late stream is
+   refused), ``bridge.failed`` is written on the caller's leg, the caller's call is updated to "activate the
+   code team, call <fallback>", and the radiologist is told the call could not be connected (``leg.released``)
+   and hung up. The caller hanging up first (status ``completed`` before any stream) revokes the grant at once
+   and releases the radiologist the way a hang-up mid-bridge does ("the technologist has left"), with
+   ``leg.bridge_refused`` on the radiologist's leg.
 
 The evidence, the reads and the bridge report are the SIP dial-in's, from :mod:`escalation.dialin_common`.
 """
@@ -103,6 +110,11 @@ log = logging.getLogger(__name__)
 
 SOURCE = "twilio_dialin"
 _FINAL = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+STREAM_TIMEOUT_S = 10.0
+"""How long Twilio may take to open a handed-over stream (it usually opens within a second or two)."""
+STREAM_FAILED_TEXT = (
+    "Sorry, the technologist's call could not be connected. Please call room {room} now. Goodbye."
+)
 
 
 @dataclass
@@ -138,6 +150,10 @@ class _Caller(FactsOwner):
     joined: set[str] = field(default_factory=set)
     connected: bool = False
     ended: bool = False
+    stream_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the stream opens or the caller leaves: ends the wait for the stream early."""
+    radio_released: bool = False
+    """The SIP radiologist has been released without a bridge (no stream in time): nothing more to tell them."""
     seen: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -156,9 +172,14 @@ class TwilioDialIn:
         *,
         node_id: str,
         prompts: PromptRenderer | None = None,
+        stream_timeout_s: float = STREAM_TIMEOUT_S,
     ) -> None:
         if twilio.dialin_number is None:
             raise ValidationError("the Twilio dial-in needs twilio.dialin_number: expected an E.164 number")
+        if not stream_timeout_s > 0:
+            raise ValidationError(
+                f"stream_timeout_s is {stream_timeout_s!r}: expected a positive number of seconds"
+            )
         self._store = DialInStore(session_factory, clock, node_id=node_id)
         self._runner = runner
         self._client = client
@@ -167,6 +188,8 @@ class TwilioDialIn:
         self._grants = grants
         self.settings = settings or DialInSettings()
         self._prompts = prompts
+        self.stream_timeout_s = stream_timeout_s
+        """After a handover to a SIP radiologist, how long to wait for Twilio to open the caller's stream."""
         self._number = normalize_e164(twilio.dialin_number)
         self._voice = Voice(twilio.voice, twilio.language)
         self._fallback = speakable_number(self.settings.fallback_number)
@@ -181,6 +204,11 @@ class TwilioDialIn:
         """Whether a technologist for ``incident_id`` is on hold on the Twilio number, not yet connected."""
         c = self._waiting.get(incident_id)
         return c is not None and not c.ended and c.radio is None
+
+    @property
+    def background_tasks(self) -> int:
+        """How many background tasks (REST updates, stream waits, bridges) are running."""
+        return len(self._tasks)
 
     async def close(self) -> None:
         await self._tasks.close()
@@ -401,6 +429,9 @@ class TwilioDialIn:
             if call_status not in _FINAL:
                 return
             c.ended = True
+            # before any await: a stream opened from now on is refused, and a wait for one ends
+            self._grants.revoke(c.call_sid)
+            c.stream_wake.set()
             await self._fact(c, "leg.ended", {"cause": "normal", "by": "twilio", "call_status": call_status})
             if c.incident_id is None and c.final is None:
                 await self._flush_refused(c, "dialin.abandoned", reason="caller hung up in the menu")
@@ -412,11 +443,14 @@ class TwilioDialIn:
         self._grants.revoke(c.call_sid)
         self._callers.pop(c.call_sid, None)
         radio = c.radio
-        if radio is not None and radio.call is not None and c.bridge is None:
+        if radio is not None and radio.call is not None and c.bridge is None and not c.radio_released:
             # handed over, but the stream never came: the radiologist must not stay on a dead line
+            c.radio_released = True
             try:
                 await self._store.record_leg(
-                    radio.order.leg_id, "leg.released", {"reason": "the technologist left"}
+                    radio.order.leg_id,
+                    "leg.bridge_refused",
+                    {"reason": "the technologist hung up before the media stream opened"},
                 )
             finally:
                 await self._say_on(radio.call, dialin_message(self._menu, "caller_left"))
@@ -503,8 +537,46 @@ class TwilioDialIn:
             c.announced = True
             await self._fact(c, "dialin.accepted_announced", {"person": order.person_name})
             self._update_caller(c, c.final)
+            self._tasks.spawn(self._await_stream(c, c.radio))
         c.log.info("radiologist SIP leg %s handed over: the caller is sent to a media stream", order.leg_id)
         return True
+
+    async def _await_stream(self, c: _Caller, radio: _Radio) -> None:
+        """Wait at most :attr:`stream_timeout_s` for Twilio to open the stream handed to the caller; if it does
+        not, fail the bridge on both sides (an emergency call never waits on a dead line)."""
+        assert radio.call is not None
+        give_up = self._clock.monotonic() + self.stream_timeout_s
+        while c.bridge is None and not c.ended:
+            left = give_up - self._clock.monotonic()
+            if left <= 0:
+                break
+            await nap(self._clock, c.stream_wake, left)
+        order, call = radio.order, radio.call
+        reason = f"no media stream from Twilio call {c.call_sid} within {self.stream_timeout_s:g} s"
+        async with c.lock:
+            if c.bridge is not None or c.ended:
+                return  # bridged (_bridged reports it), or the caller left (_caller_gone releases the radiologist)
+            # before any await: a stream opened from now on is refused, a hang-up does not release twice
+            self._grants.revoke(c.call_sid)
+            c.radio_released = True
+            c.log.warning("radiologist SIP leg %s released: %s", order.leg_id, reason)
+            failed = self._end(c, [dialin_message(self._menu, "failed", fallback=self._fallback)])
+            self._update_caller(c, failed)  # the caller's call is moved on whatever the evidence writes do
+            try:
+                await self._fact(
+                    c,
+                    "bridge.failed",
+                    {"via": "twilio_stream", "radiologist_leg": order.leg_id, "reason": reason},
+                )
+                await self._fact(c, "leg.bye_sent", {"reason": "bridge-failed"})
+                await self._store.record_leg(order.leg_id, "leg.released", {"reason": reason})
+            finally:
+                self._tasks.spawn(self._release_sip(call, order))
+
+    async def _release_sip(self, call: Call, order: LegOrder) -> None:
+        """Tell a handed-over SIP radiologist the technologist's call could not be connected, and hang up."""
+        await self._say_on(call, STREAM_FAILED_TEXT.format(room=speakable_room(order.room_code)))
+        await self._hang_up_sip(call)
 
     def _attach_sip(self, c: _Caller, ctx: StreamContext) -> StreamEndpoint:
         radio = c.radio
@@ -512,9 +584,15 @@ class TwilioDialIn:
             raise MediaError("no SIP leg waits for this stream: expected one handed over radiologist call")
         if radio.call.state is CallState.ENDED:
             raise MediaError("the radiologist's SIP call has ended: nothing to bridge the stream to")
+        if c.ended or c.radio_released:
+            raise MediaError(
+                f"the stream of call {c.call_sid} came too late (caller ended={c.ended}, radiologist released="
+                f"{c.radio_released}): expected it while both sides wait"
+            )
         wake = asyncio.Event()
         bridge = RtpStreamBridge(self._clock, radio.call.media, ctx, on_close=lambda _reason: wake.set())
         c.bridge = bridge
+        c.stream_wake.set()
         self._tasks.spawn(self._bridged(c, radio, bridge, wake))
         return bridge
 
