@@ -798,11 +798,17 @@ class EscalationRunner:
         return False
 
     async def _end_lost_legs(self, nodes: Sequence[str], reason: str) -> None:
-        """End every non-final leg of an open incident that ``nodes`` had placed (their calls died with them)."""
+        """End every non-final leg of an open incident that ``nodes`` had placed (their calls died with them).
+
+        A leg whose INVITE went out but was never answered may still ring a phone: its channel, if it can
+        (``cancel_orphan``, the SIP channel), sends the CANCEL the dead node cannot, and ``leg.cancel_sent``
+        (by this node) precedes ``leg.ended``. A leg answered on the dead node is only ended here: a BYE needs
+        the dialog (remote tag, route set, CSeq) that lived in that node's memory.
+        """
         async with self._sf() as s:
             rows = (
                 await s.execute(
-                    sa.select(Outbox.leg_id, Outbox.node)
+                    sa.select(Outbox.leg_id, Outbox.node, Outbox.payload)
                     .join(Incident, Incident.id == Outbox.incident_id)
                     .where(
                         Outbox.node.in_(nodes),
@@ -812,13 +818,28 @@ class EscalationRunner:
                     )
                 )
             ).all()
-        for leg_id, node in rows:
+        for leg_id, node, payload in rows:
             if leg_id is None or leg_id in self._leg_tasks:
                 continue
             events = await self._leg_events(leg_id)
             if leg_status(events).is_final:
                 continue
             log.warning("[leg=%s] %s (%s)", leg_id, reason, node)
+            invite = next((e for e in reversed(events) if e.kind == "leg.invite_sent"), None)
+            channel = self._channels.get(str((payload or {}).get("kind")))
+            cancel = getattr(channel, "cancel_orphan", None)
+            if invite is not None and cancel is not None and all(e.kind != "leg.answered" for e in events):
+                try:
+                    sent = await cancel(leg_id, invite.data)
+                except Exception:  # the leg must still be ended: the tree moves on whatever the phone does
+                    log.exception("[leg=%s] cancelling the orphan INVITE failed", leg_id)
+                    sent = False
+                if sent:
+                    await self.record(
+                        leg_id,
+                        "leg.cancel_sent",
+                        {"by": self.node_id, "reason": "orphan: the node that placed the leg stopped"},
+                    )
             await self.record(
                 leg_id, "leg.ended", {"status": None, "cause": "failed", "reason": reason, "by": node}
             )

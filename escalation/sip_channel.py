@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from comms.clock import Clock
+from comms.errors import ValidationError
 from escalation.channel import LegOrder, LegReporter
 from ivr.driver import run_menu
 from ivr.machine import Finish, MenuMachine
@@ -31,6 +32,7 @@ from sip.ua import (
     CallTrying,
     DtmfReceived,
     MediaStarted,
+    SentInvite,
     UserAgent,
 )
 
@@ -91,6 +93,40 @@ class SipChannel:
             with contextlib.suppress(SipError):
                 await live.call.hangup()
 
+    async def cancel_orphan(self, leg_id: str, invite_data: Mapping[str, Any]) -> bool:
+        """CANCEL the INVITE of a leg another node (or this node's previous life) placed and can no longer end.
+
+        ``invite_data`` is the leg's ``leg.invite_sent`` event data; its ``cancel`` record (see
+        :class:`~sip.ua.SentInvite`) is what the CANCEL must repeat. Returns whether a CANCEL went out (False
+        for a record without it, e.g. written before it existed, or a bad one); the retransmissions and their
+        outcome are the user agent's business (logged). Only for legs that were never answered: a BYE would
+        need the dialog (remote tag, route set, CSeq) that died with the node that placed the leg.
+        """
+        record = invite_data.get("cancel")
+        if not isinstance(record, Mapping):
+            log.info("[leg=%s] no CANCEL record in leg.invite_sent: cannot cancel the orphan INVITE", leg_id)
+            return False
+        try:
+            invite = SentInvite.from_data(record)
+            outcome = self._ua.cancel_orphan(invite)
+        except (ValidationError, SipError) as exc:
+            log.warning("[leg=%s] cannot cancel the orphan INVITE: %s", leg_id, exc)
+            return False
+        log.info(
+            "[leg=%s] sent CANCEL for orphan INVITE %s to %s", leg_id, invite.call_id, invite.destination
+        )
+
+        def done(fut: asyncio.Future[int | None]) -> None:
+            status = fut.result()
+            log.info(
+                "[leg=%s] orphan CANCEL: %s",
+                leg_id,
+                f"answered {status}" if status is not None else "no response (they go to the dead node)",
+            )
+
+        outcome.add_done_callback(done)
+        return True
+
     async def place(self, order: LegOrder, reporter: LegReporter) -> None:
         live = self._live[order.leg_id] = _Live()
         try:
@@ -114,11 +150,15 @@ class SipChannel:
             return
         live.call = call
         # recorded once the INVITE is on its way: a write before it would only delay the alert
-        await reporter.record(
-            leg,
-            "leg.invite_sent",
-            {"uri": order.address, "call_id": call.call_id, "ring_timeout_s": order.ring_timeout_s},
-        )
+        sent: dict[str, Any] = {
+            "uri": order.address,
+            "call_id": call.call_id,
+            "ring_timeout_s": order.ring_timeout_s,
+        }
+        invite = call.sent_invite()
+        if invite is not None:  # what another node needs to CANCEL it should this one die (cancel_orphan)
+            sent["cancel"] = invite.to_data()
+        await reporter.record(leg, "leg.invite_sent", sent)
         if live.cancel_reason is not None:  # cancelled while the INVITE was being sent
             with contextlib.suppress(SipError):
                 await call.hangup()

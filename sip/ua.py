@@ -33,7 +33,7 @@ import logging
 import re
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +85,7 @@ __all__ = [
     "DtmfReceived",
     "ForkGroup",
     "MediaStarted",
+    "SentInvite",
     "Timers",
     "UaConfig",
     "UserAgent",
@@ -190,6 +191,112 @@ class CallState(enum.Enum):
     ANSWERING = "answering"
     CONFIRMED = "confirmed"
     ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class SentInvite:
+    """What a CANCEL of an INVITE we sent needs (§9.1), small enough to store with the leg's events.
+
+    A CANCEL must repeat the INVITE's Request-URI, top Via (branch *and* sent-by: the UAS finds the INVITE
+    server transaction by them, §9.2/§17.2.3, not by the packet's source address), From (with tag), To,
+    Call-ID, CSeq number and Route, and go where the INVITE went. With these another process can cancel a
+    call whose INVITE client transaction died with the process that sent it
+    (:meth:`UserAgent.cancel_orphan`). No credentials are recorded (an Authorization header never is).
+    """
+
+    uri: str
+    via: str
+    from_: str
+    to: str
+    call_id: str
+    cseq: int
+    transport: str
+    host: str
+    port: int
+    route: tuple[str, ...] = ()
+
+    def to_data(self) -> dict[str, Any]:
+        """A JSON-ready dict (``route`` only when there is one)."""
+        data: dict[str, Any] = {
+            "uri": self.uri,
+            "via": self.via,
+            "from": self.from_,
+            "to": self.to,
+            "call_id": self.call_id,
+            "cseq": self.cseq,
+            "transport": self.transport,
+            "host": self.host,
+            "port": self.port,
+        }
+        if self.route:
+            data["route"] = list(self.route)
+        return data
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> SentInvite:
+        """The inverse of :meth:`to_data`; :class:`ValidationError` names the first missing or bad field."""
+        texts = ("uri", "via", "from", "to", "call_id", "transport", "host")
+        for key in texts:
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise ValidationError(
+                    f"INVITE record field {key!r} is {data.get(key)!r}: expected a non-empty string"
+                )
+        for key in ("cseq", "port"):
+            value = data.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValidationError(f"INVITE record field {key!r} is {value!r}: expected an integer >= 0")
+        route = data.get("route", [])
+        if not isinstance(route, list) or not all(isinstance(r, str) for r in route):
+            raise ValidationError(f"INVITE record field 'route' is {route!r}: expected a list of strings")
+        if data["transport"] not in ("UDP", "TCP", "TLS"):
+            raise ValidationError(
+                f"INVITE record field 'transport' is {data['transport']!r}: expected UDP, TCP or TLS"
+            )
+        return cls(
+            uri=data["uri"],
+            via=data["via"],
+            from_=data["from"],
+            to=data["to"],
+            call_id=data["call_id"],
+            cseq=data["cseq"],
+            transport=data["transport"],
+            host=data["host"],
+            port=data["port"],
+            route=tuple(route),
+        )
+
+    @property
+    def destination(self) -> Peer:
+        return Peer(self.transport, self.host, self.port)
+
+    def cancel_request(self, *, sip_reason: str | None = None) -> Request:
+        """The CANCEL (§9.1), built by :func:`~sip.transaction.make_cancel` from the recorded INVITE fields."""
+        try:
+            uri = URI.parse(self.uri)
+        except SipParseError as exc:
+            raise ValidationError(f"INVITE record has Request-URI {self.uri!r}: {exc}") from exc
+        h = Headers()
+        h.add("Via", self.via)
+        for route in self.route:
+            h.add("Route", route)
+        h.add("From", self.from_)
+        h.add("To", self.to)
+        h.add("Call-ID", self.call_id)
+        h.add("CSeq", f"{self.cseq} INVITE")
+        cancel = make_cancel(Request("INVITE", uri, h))
+        if sip_reason is not None:
+            cancel.headers.add("Reason", sip_reason)
+        return cancel
+
+
+def _timer_e_window(timers: Timers, sends: int) -> float:
+    """Seconds from the first send of a non-INVITE request over UDP until half-way between its ``sends``-th
+    transmission (Timer E: T1, 2·T1 … capped at T2, §17.1.2.2) and the one after it."""
+    at, interval = 0.0, timers.t1
+    for _ in range(max(sends, 1) - 1):
+        at += interval
+        interval = min(2 * interval, timers.t2)
+    return at + interval / 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -450,6 +557,27 @@ class Call:
     def negotiated(self) -> sdp.NegotiatedMedia | None:
         """The media last agreed by offer/answer (direction from our side), or ``None`` before any."""
         return self._negotiated
+
+    def sent_invite(self) -> SentInvite | None:
+        """What another process needs to CANCEL this outbound call's INVITE (``None`` for an inbound call).
+
+        Reflects the INVITE last sent: a digest retry (new branch, CSeq + 1) makes an earlier record stale.
+        """
+        if self.direction != "outbound" or self._dest is None:
+            return None
+        inv = self.invite
+        return SentInvite(
+            uri=str(inv.uri),
+            via=inv.headers.get_all("Via")[0],
+            from_=str(inv.headers.get("From")),
+            to=str(inv.headers.get("To")),
+            call_id=inv.call_id,
+            cseq=inv.cseq[0],
+            transport=self._dest.transport,
+            host=self._dest.host,
+            port=self._dest.port,
+            route=tuple(inv.headers.get_all("Route")),
+        )
 
     async def ring(self, *, early_media: bool = False) -> None:
         """Send 180 Ringing, or with ``early_media`` 183 Session Progress with the SDP answer (media flows now)."""
@@ -1254,6 +1382,57 @@ class UserAgent:
         except TimeoutError:
             return 408
         return response.status
+
+    def cancel_orphan(
+        self, sent: SentInvite, *, sends: int = 5, sip_reason: str | None = None
+    ) -> asyncio.Future[int | None]:
+        """CANCEL an INVITE that another process (now dead) sent: the phone it left ringing stops (§9.1).
+
+        The CANCEL carries the INVITE's own top Via (branch and sent-by), so the phone matches it to its INVITE
+        server transaction even though it comes from our address. It is sent where the INVITE went by a
+        non-INVITE client transaction of ours (over UDP: retransmitted by Timer E; TCP/TLS: a new connection,
+        sent once). Its responses are addressed to the INVITE's Via: a phone that honours ``rport`` (RFC 3581)
+        sends them to us and the transaction ends at the first final response; otherwise they go to the dead
+        process and we stop after ``sends`` transmissions. Fire-and-forget: the returned future (never
+        awaited by the escalation layer) holds the final status seen, or ``None`` if none came (transport
+        failures are logged). The 487 of the INVITE goes to the dead process; nobody ACKs it (the phone's
+        Timer H ends that).
+        """
+        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        cancel = sent.cancel_request(sip_reason=sip_reason)
+        cancel.headers.add("User-Agent", self.config.user_agent)
+        dest = sent.destination
+        if self._closed:
+            log.info("not cancelling orphan INVITE %s: the user agent is closed", sent.call_id)
+            fut.set_result(None)
+            return fut
+        timer: TimerHandle | None = None
+
+        def settle(status: int | None) -> None:
+            if timer is not None:
+                timer.cancel()
+            if not fut.done():
+                fut.set_result(status)
+
+        def on_response(response: Response) -> None:
+            if response.status >= 200:
+                log.info("orphan CANCEL of %s to %s answered %d", sent.call_id, dest, response.status)
+                settle(response.status)
+
+        def on_failure(kind: str, reason: str) -> None:
+            log.info("orphan CANCEL of %s to %s: %s (%s)", sent.call_id, dest, reason, kind)
+            settle(None)
+
+        txn = self._start_client(cancel, dest, on_response=on_response, on_failure=on_failure)
+
+        def give_up() -> None:
+            if not txn.done:
+                txn._finish()
+            settle(None)
+
+        if not txn.done and not fut.done():
+            timer = self.clock.call_later(_timer_e_window(self.config.timers, sends), give_up)
+        return fut
 
     async def close(self) -> None:
         """Hang up every call, then close the transports."""
