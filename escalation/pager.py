@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import email.policy
 import logging
 import smtplib
 import xml.etree.ElementTree as ET
@@ -277,10 +278,17 @@ class WctpClient:
 
 
 class SnppSession:
-    """One SNPP connection: send a command, read one reply line (RFC 1861)."""
+    """One SNPP connection: send a command, read one reply line (RFC 1861).
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float) -> None:
+    Every failure is a :class:`PagerError` naming the gateway: a refused connection, a silent or closing
+    gateway, and a connection reset or broken mid-session (``OSError`` from the socket) alike.
+    """
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float, gateway: str = "?"
+    ) -> None:
         self._r, self._w, self._timeout = reader, writer, timeout_s
+        self._gateway = gateway
 
     @classmethod
     async def open(cls, host: str, port: int, timeout_s: float) -> SnppSession:
@@ -288,27 +296,42 @@ class SnppSession:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
         except (OSError, TimeoutError) as exc:
             raise PagerError(f"SNPP gateway {host}:{port} unreachable: {exc}") from exc
-        session = cls(reader, writer, timeout_s)
-        code, text = await session.read()
+        session = cls(reader, writer, timeout_s, f"{host}:{port}")
+        try:
+            code, text = await session.read()
+        except BaseException:
+            session.abort()  # no greeting (silent, closed, reset, or we were cancelled): nothing to QUIT
+            raise
         if code != 220:
             await session.close()
             raise PagerError(f"SNPP greeting {code} {text!r}: expected 220")
         return session
 
+    def _broken(self, exc: OSError) -> PagerError:
+        return PagerError(f"SNPP gateway {self._gateway} connection failed: {type(exc).__name__}: {exc}")
+
     async def read(self) -> tuple[int, str]:
         try:
             line = await asyncio.wait_for(self._r.readline(), self._timeout)
         except TimeoutError as exc:
-            raise PagerError("SNPP gateway did not answer in time") from exc
+            raise PagerError(f"SNPP gateway {self._gateway} did not answer in time") from exc
+        except OSError as exc:
+            raise self._broken(exc) from exc
         if not line:
-            raise PagerError("SNPP gateway closed the connection")
+            raise PagerError(f"SNPP gateway {self._gateway} closed the connection")
         return parse_snpp_reply(line.decode("ascii", "replace"))
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            self._w.write(data)
+            await self._w.drain()
+        except OSError as exc:
+            raise self._broken(exc) from exc
 
     async def command(self, line: str, expect: tuple[int, ...] = (250,)) -> tuple[int, str]:
         if "\r" in line or "\n" in line:
             raise PagerError(f"SNPP command {line[:20]!r}… contains a line break: expected one line")
-        self._w.write(line.encode("ascii", "replace") + b"\r\n")
-        await self._w.drain()
+        await self._write(line.encode("ascii", "replace") + b"\r\n")
         code, text = await self.read()
         if code not in expect:
             raise PagerError(f"SNPP {line.split()[0]} answered {code} {text!r}: expected {expect}")
@@ -317,8 +340,7 @@ class SnppSession:
     async def data(self, text: str) -> None:
         await self.command("DATA", (354,))
         lines = [("." + ln if ln.startswith(".") else ln) for ln in text.splitlines()] + ["."]
-        self._w.write("".join(ln + "\r\n" for ln in lines).encode("ascii", "replace"))
-        await self._w.drain()
+        await self._write("".join(ln + "\r\n" for ln in lines).encode("ascii", "replace"))
         code, reply = await self.read()
         if code != 250:
             raise PagerError(f"SNPP DATA answered {code} {reply!r}: expected 250")
@@ -331,6 +353,10 @@ class SnppSession:
         self._w.close()
         with contextlib.suppress(OSError):
             await self._w.wait_closed()
+
+    def abort(self) -> None:
+        """Drop the connection at once (no QUIT): the gateway never greeted us, or the page was abandoned."""
+        self._w.transport.abort()
 
 
 @dataclass(frozen=True)
@@ -398,6 +424,9 @@ def _tag_and_pass(text: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+_PAGER_MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
+
+
 class EmailPager:
     """E-mail-to-pager through an SMTP relay (stdlib ``smtplib`` in a thread)."""
 
@@ -407,7 +436,9 @@ class EmailPager:
         self._s = settings
 
     def _send(self, to: str, subject: str, text: str) -> None:
-        msg = EmailMessage()
+        # 7bit lines up to RFC 5322's 998, not quoted-printable at 78: a pager gateway that shows the raw body
+        # must not get "=" soft breaks in the middle of a link
+        msg = EmailMessage(policy=_PAGER_MAIL_POLICY)
         msg["From"], msg["To"], msg["Subject"] = self._s.smtp_from, to, subject
         msg.set_content(text)
         assert self._s.smtp_host is not None

@@ -299,11 +299,6 @@ class VideoLinkSender:
                     raise PagerError(f"pager address {mask(address)!r}: expected wctp:, snpp: or mailto:")
         except PagerError as exc:
             return dataclasses.replace(result, reason=str(exc))
-        except OSError as exc:
-            # the SNPP client lets a reset or broken connection mid-session through as it is; it is a failed
-            # send like any refusal, and it must not cost the other contacts' outcomes in the gather above
-            reason = f"{scheme} gateway connection failed: {type(exc).__name__}: {exc}"
-            return dataclasses.replace(result, reason=reason)
 
     # --- SIP announcement ---------------------------------------------------------------------------------
 

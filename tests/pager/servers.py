@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -282,6 +284,46 @@ class SnppServer:
                         say("500 Command Not Implemented")
                 await writer.drain()
         finally:
+            writer.close()
+
+
+class ClosingSnppServer(SnppServer):
+    """An SNPP gateway that greets, reads the first command and hangs up (FIN) without answering it."""
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 SNPP (V3) Gateway Ready\r\n")
+        await writer.drain()
+        self.commands.append((await reader.readline()).decode().strip())
+        writer.close()
+        await writer.wait_closed()
+
+
+class ResettingSnppServer(SnppServer):
+    """An SNPP gateway that greets, reads the first command and then resets the connection (TCP RST)."""
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 SNPP (V3) Gateway Ready\r\n")
+        await writer.drain()
+        self.commands.append((await reader.readline()).decode().strip())
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+
+class SilentSnppServer(SnppServer):
+    """An SNPP gateway that accepts the connection and never greets; ``closed`` is set when the client drops it."""
+
+    def __init__(self) -> None:
+        super().__init__(set())
+        self.closed = asyncio.Event()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()  # until the client closes (EOF) or resets
+        except OSError:
+            pass
+        finally:
+            self.closed.set()
             writer.close()
 
 

@@ -23,7 +23,7 @@ from escalation.pager import (
     snpp_notice,
     wctp_submit,
 )
-from tests.pager.servers import SmtpServer, SnppServer, WctpServer
+from tests.pager.servers import ResettingSnppServer, SilentSnppServer, SmtpServer, SnppServer, WctpServer
 
 BASE = "https://comms.example.test"
 
@@ -280,6 +280,40 @@ async def test_snpp_level_3_decline_and_bad_pager(snpp: SnppServer) -> None:
     assert "unreachable" in nobody.data("leg.ended")["reason"]
 
 
+async def test_snpp_gateway_resetting_mid_session_fails_the_leg_with_its_cause() -> None:
+    snpp = ResettingSnppServer(set())
+    await snpp.start()
+    try:
+        channel = await channel_for(snpp_host="127.0.0.1", snpp_port=snpp.port, snpp_level=1)
+        reporter = Reporter()
+        await asyncio.wait_for(channel.place(order("snpp:8001"), reporter), 5)
+        ended = reporter.data("leg.ended")
+        assert ended["cause"] == "failed"
+        assert ended["reason"].startswith(f"SNPP gateway 127.0.0.1:{snpp.port} connection failed: ")
+        assert "ConnectionResetError" in ended["reason"] or "BrokenPipeError" in ended["reason"]
+        assert snpp.commands == ["PAGE 8001"]  # the gateway was reached, then reset the connection
+        assert channel.live_legs() == []
+    finally:
+        await snpp.close()
+
+
+async def test_snpp_gateway_that_never_greets_times_out_and_is_hung_up() -> None:
+    snpp = SilentSnppServer()
+    await snpp.start()
+    try:
+        settings = PagerSettings(
+            public_base_url=BASE, poll_s=0.02, timeout_s=0.3, snpp_host="127.0.0.1", snpp_port=snpp.port
+        )
+        reporter = Reporter()
+        await asyncio.wait_for(PagerChannel(settings, SystemClock()).place(order("snpp:8001"), reporter), 5)
+        ended = reporter.data("leg.ended")
+        assert ended["cause"] == "failed"
+        assert ended["reason"] == f"SNPP gateway 127.0.0.1:{snpp.port} did not answer in time"
+        await asyncio.wait_for(snpp.closed.wait(), 2)  # our side dropped the connection: nothing leaks
+    finally:
+        await snpp.close()
+
+
 # ------------------------------------------------------------------------------------------------------ e-mail
 
 
@@ -291,6 +325,10 @@ async def test_email_to_pager(smtp: SmtpServer) -> None:
     ((sender, rcpts, body),) = smtp.messages
     assert sender == "alerts@comms.test" and rcpts == ["5551001@pager.example.net"]
     assert "Subject: CONTRAST ALERT K7RXM4" in body and "room CT2" in body
+    # the page (longer than 78 characters) goes as one 7bit line: a gateway that shows the raw body gets
+    # the link whole, not broken by quoted-printable "=" soft breaks
+    page = f"Reply 1 or ACK K7RXM4 to accept. {BASE}/incidents/6c0c1b6e-3f0e-4b8e-9d55-2f1c8c0e7a11"
+    assert "Content-Transfer-Encoding: 7bit" in body and page in body.splitlines()[-1] and "=\r\n" not in body
     await channel.cancel("leg-1", "accepted-elsewhere")
     await asyncio.wait_for(task, 5)
     assert reporter.data("leg.ended")["cause"] == "cancelled" and reporter.holder is None

@@ -19,12 +19,9 @@ live room (an aiortc tablet), so that an accepted call is really bridged:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import email
 import email.policy
-import socket
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +39,7 @@ from escalation.channel import LegOrder
 from escalation.pager import PagerSettings
 from escalation.video_link import ANNOUNCED_TEXT, VideoLinkSender, console_url
 from tests.gateway.support import AiortcRoom
-from tests.pager.servers import SmtpServer, SnppServer, WctpServer
+from tests.pager.servers import ClosingSnppServer, ResettingSnppServer, SmtpServer, SnppServer, WctpServer
 from tests.support import NodeReads, Rad, RoomSpec, seed_site, start_node, until
 from tests.twilio.conftest import OUR_NUMBER, PUBLIC_BASE, fake_twilio, twilio_settings
 from tests.twilio.fake_twilio import FakeCall, FakeTwilio, Phone
@@ -67,17 +64,6 @@ class BrokenSmsTwilio(FakeTwilio):
     async def _create_message(self, request: web.Request) -> web.Response:
         self.rest_requests.append("messages.create")
         return self._error(20500, "Internal Server Error", status=500)
-
-
-class ClosingSnppServer(SnppServer):
-    """An SNPP gateway that greets, reads the first command and hangs up (FIN) without answering it."""
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 SNPP (V3) Gateway Ready\r\n")
-        await writer.drain()
-        self.commands.append((await reader.readline()).decode().strip())
-        writer.close()
-        await writer.wait_closed()
 
 
 class Node(NodeReads):
@@ -351,23 +337,11 @@ async def test_pager_only_radiologist_gets_an_email_to_pager_with_the_link(make_
     await _chain_ok(node, incident_id)
 
 
-class ResettingSnppServer(SnppServer):
-    """An SNPP gateway that greets, reads the first command and then resets the connection (TCP RST)."""
-
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 SNPP (V3) Gateway Ready\r\n")
-        await writer.drain()
-        self.commands.append((await reader.readline()).decode().strip())
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
-
-
 @pytest.mark.parametrize(
     ("gateway", "reason"),
     [
         (lambda: SnppServer(set(), login=SNPP_LOGIN), "SNPP PAGE answered 550 'Error, Invalid Pager ID'"),
-        (lambda: ClosingSnppServer(set()), "SNPP gateway closed the connection"),
+        (lambda: ClosingSnppServer(set()), "closed the connection"),
         (lambda: ResettingSnppServer(set()), "ConnectionResetError"),
     ],
     ids=["refuses-page", "hangs-up", "resets"],
