@@ -36,7 +36,9 @@ Twilio posts every inbound call to our dial-in number to ``/twilio/dialin`` (sig
    code team, call <fallback>", and the radiologist is told the call could not be connected (``leg.released``)
    and hung up. The caller hanging up first (status ``completed`` before any stream) revokes the grant at once
    and releases the radiologist the way a hang-up mid-bridge does ("the technologist has left"), with
-   ``leg.bridge_refused`` on the radiologist's leg.
+   ``leg.bridge_refused`` on the radiologist's leg. The radiologist hanging up first ends the wait at once:
+   ``bridge.failed`` (reason: hung up before the stream opened), and the caller hears "The doctor has left the
+   call" and is hung up, as when the radiologist leaves a bridged call.
 
 The evidence, the reads and the bridge report are the SIP dial-in's, from :mod:`escalation.dialin_common`.
 """
@@ -543,16 +545,29 @@ class TwilioDialIn:
 
     async def _await_stream(self, c: _Caller, radio: _Radio) -> None:
         """Wait at most :attr:`stream_timeout_s` for Twilio to open the stream handed to the caller; if it does
-        not, fail the bridge on both sides (an emergency call never waits on a dead line)."""
+        not, fail the bridge on both sides (an emergency call never waits on a dead line). The radiologist
+        hanging up meanwhile ends the wait at once: the caller is told the doctor has left."""
         assert radio.call is not None
-        give_up = self._clock.monotonic() + self.stream_timeout_s
-        while c.bridge is None and not c.ended:
-            left = give_up - self._clock.monotonic()
-            if left <= 0:
-                break
-            await nap(self._clock, c.stream_wake, left)
         order, call = radio.order, radio.call
-        reason = f"no media stream from Twilio call {c.call_sid} within {self.stream_timeout_s:g} s"
+        radio_done = asyncio.get_running_loop().create_task(call.wait_ended())
+        radio_done.add_done_callback(lambda _t: c.stream_wake.set())
+        try:
+            give_up = self._clock.monotonic() + self.stream_timeout_s
+            while c.bridge is None and not c.ended and not radio_done.done():
+                left = give_up - self._clock.monotonic()
+                if left <= 0:
+                    break
+                await nap(self._clock, c.stream_wake, left)
+        finally:
+            if not radio_done.done():
+                radio_done.cancel()
+        left_early = call.state is CallState.ENDED
+        if left_early:
+            reason = "the radiologist hung up before the media stream opened"
+            tell = [dialin_message(self._menu, "radiologist_left")]
+        else:
+            reason = f"no media stream from Twilio call {c.call_sid} within {self.stream_timeout_s:g} s"
+            tell = [dialin_message(self._menu, "failed", fallback=self._fallback)]
         async with c.lock:
             if c.bridge is not None or c.ended:
                 return  # bridged (_bridged reports it), or the caller left (_caller_gone releases the radiologist)
@@ -560,8 +575,7 @@ class TwilioDialIn:
             self._grants.revoke(c.call_sid)
             c.radio_released = True
             c.log.warning("radiologist SIP leg %s released: %s", order.leg_id, reason)
-            failed = self._end(c, [dialin_message(self._menu, "failed", fallback=self._fallback)])
-            self._update_caller(c, failed)  # the caller's call is moved on whatever the evidence writes do
+            self._update_caller(c, self._end(c, tell))  # moved on whatever the evidence writes do
             try:
                 await self._fact(
                     c,
@@ -569,9 +583,11 @@ class TwilioDialIn:
                     {"via": "twilio_stream", "radiologist_leg": order.leg_id, "reason": reason},
                 )
                 await self._fact(c, "leg.bye_sent", {"reason": "bridge-failed"})
-                await self._store.record_leg(order.leg_id, "leg.released", {"reason": reason})
+                if not left_early:
+                    await self._store.record_leg(order.leg_id, "leg.released", {"reason": reason})
             finally:
-                self._tasks.spawn(self._release_sip(call, order))
+                if not left_early:
+                    self._tasks.spawn(self._release_sip(call, order))
 
     async def _release_sip(self, call: Call, order: LegOrder) -> None:
         """Tell a handed-over SIP radiologist the technologist's call could not be connected, and hang up."""

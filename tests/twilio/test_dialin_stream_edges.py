@@ -9,6 +9,8 @@ to keep the call waiting on the ``<Connect>`` until it is updated or hung up).
   the call could not be connected and gets a BYE (``leg.released``).
 * The caller hangs up first: the grant is revoked at once, the radiologist hears "The technologist has left
   the call" and gets a BYE (``leg.bridge_refused``), and the wait for the stream ends at once.
+* The radiologist hangs up first: the wait ends at once, the grant is revoked, ``bridge.failed`` is written and
+  the caller hears "The doctor has left the call" and is hung up.
 """
 
 from __future__ import annotations
@@ -200,3 +202,39 @@ async def test_caller_hangs_up_before_the_stream_opens(
     refused = next(e for e in radio if e.kind == "leg.bridge_refused")
     assert refused.data == {"reason": "the technologist hung up before the media stream opened"}
     assert "leg.bridged" not in kinds and "leg.released" not in kinds
+
+
+async def test_radiologist_hangs_up_before_the_stream_opens(
+    app_node: AppNode, softphone: Any, tmp_path: Path, stalled_streams: list[FakeStream]
+) -> None:
+    from sip.softphone import Answered, Disconnected
+
+    dialin = dialin_of(app_node)
+    dialin.stream_timeout_s = 60.0  # the hang-up, not the timeout, must end the wait
+    tech = await _accepted_by_softphone(app_node, softphone, tmp_path)
+    incident_id = await app_node.wait_for(app_node.dialin_incident, 15, "the dial-in to raise an incident")
+    answered = await softphone.wait_for(Answered, timeout=30)
+    await until(lambda: bool(stalled_streams), within=30)  # the caller waits on <Connect><Stream> ...
+    await app_node.app.clock.sleep(1.0)
+    await softphone.hangup(answered.call)  # ... and the radiologist gives up first
+    await softphone.wait_for(Disconnected, timeout=20)
+    await until(lambda: tech.done.is_set(), within=15)  # the caller was told and hung up, long before 60 s
+    await until(lambda: dialin.background_tasks == 0, within=10)
+    assert not dialin.waiting(incident_id)
+    assert tech.spoken[-1] == "The doctor has left the call. Goodbye."
+    assert "<Hangup />" in tech.twiml[-1]
+
+    (stream,) = stalled_streams
+    inbound, outbound, events = await _stream_refused_then_legs_ended(app_node, tech, stream, incident_id)
+    caller = [e for e in events if e.leg_id == inbound.id]
+    failed = next(e for e in caller if e.kind == "bridge.failed")
+    reason = "the radiologist hung up before the media stream opened"
+    assert failed.data == {"via": "twilio_stream", "radiologist_leg": outbound.id, "reason": reason}
+    kinds = [e.kind for e in caller]
+    assert kinds.index("bridge.failed") < kinds.index("leg.bye_sent") < kinds.index("leg.ended")
+    radio = [e for e in events if e.leg_id == outbound.id]
+    radio_kinds = [e.kind for e in radio]
+    assert radio_kinds.index("leg.handed_over") < radio_kinds.index("leg.ended")
+    assert not {"leg.released", "leg.bridge_refused", "leg.bridged"} & set(radio_kinds)
+    assert next(e for e in radio if e.kind == "leg.ended").data["by"] == "remote"
+    assert (await app_node.incident(incident_id)).state.value == "accepted"  # never connected
