@@ -169,16 +169,27 @@ async def test_no_stream_in_time_fails_the_bridge_on_both_sides(
     assert not dialin.waiting(incident_id)
 
 
+async def _waiting_for_a_slow_stream(
+    app_node: AppNode, softphone: Any, tmp_path: Path, stalled_streams: list[FakeStream]
+) -> tuple[TwilioDialIn, FakeCall, str]:
+    """Dr Pj accepted and the caller waits on ``<Connect><Stream>`` for a stream that does not come; the
+    timeout is long (60 s) so that a hang-up, not the timeout, must end the wait."""
+    dialin = dialin_of(app_node)
+    dialin.stream_timeout_s = 60.0
+    tech = await _accepted_by_softphone(app_node, softphone, tmp_path)
+    incident_id = await app_node.wait_for(app_node.dialin_incident, 15, "the dial-in to raise an incident")
+    await until(lambda: bool(stalled_streams), within=30)
+    return dialin, tech, incident_id
+
+
 async def test_caller_hangs_up_before_the_stream_opens(
     app_node: AppNode, softphone: Any, tmp_path: Path, stalled_streams: list[FakeStream]
 ) -> None:
     from sip.softphone import Disconnected, RecordingClosed
 
-    dialin = dialin_of(app_node)
-    dialin.stream_timeout_s = 60.0  # the hang-up, not the timeout, must end the wait
-    tech = await _accepted_by_softphone(app_node, softphone, tmp_path)
-    incident_id = await app_node.wait_for(app_node.dialin_incident, 15, "the dial-in to raise an incident")
-    await until(lambda: bool(stalled_streams), within=30)  # the caller waits on <Connect><Stream> ...
+    dialin, tech, incident_id = await _waiting_for_a_slow_stream(
+        app_node, softphone, tmp_path, stalled_streams
+    )
     await app_node.app.clock.sleep(2.0)  # ... for a stream that is slow to come, and gives up
     app_node.fake.hang_up(tech)
     await softphone.wait_for(Disconnected, timeout=20)  # we hung up the radiologist
@@ -209,12 +220,10 @@ async def test_radiologist_hangs_up_before_the_stream_opens(
 ) -> None:
     from sip.softphone import Answered, Disconnected
 
-    dialin = dialin_of(app_node)
-    dialin.stream_timeout_s = 60.0  # the hang-up, not the timeout, must end the wait
-    tech = await _accepted_by_softphone(app_node, softphone, tmp_path)
-    incident_id = await app_node.wait_for(app_node.dialin_incident, 15, "the dial-in to raise an incident")
-    answered = await softphone.wait_for(Answered, timeout=30)
-    await until(lambda: bool(stalled_streams), within=30)  # the caller waits on <Connect><Stream> ...
+    dialin, tech, incident_id = await _waiting_for_a_slow_stream(
+        app_node, softphone, tmp_path, stalled_streams
+    )
+    answered = await softphone.wait_for(Answered, timeout=10)
     await app_node.app.clock.sleep(1.0)
     await softphone.hangup(answered.call)  # ... and the radiologist gives up first
     await softphone.wait_for(Disconnected, timeout=20)
