@@ -800,10 +800,11 @@ class EscalationRunner:
     async def _end_lost_legs(self, nodes: Sequence[str], reason: str) -> None:
         """End every non-final leg of an open incident that ``nodes`` had placed (their calls died with them).
 
-        A leg whose INVITE went out but was never answered may still ring a phone: its channel, if it can
-        (``cancel_orphan``, the SIP channel), sends the CANCEL the dead node cannot, and ``leg.cancel_sent``
-        (by this node) precedes ``leg.ended``. A leg answered on the dead node is only ended here: a BYE needs
-        the dialog (remote tag, route set, CSeq) that lived in that node's memory.
+        A call the dead node placed may still ring a phone (or, answered, hold a line): its channel, if it
+        can (``cancel_orphan(leg_id, events)``), ends it from the recorded events, and ``leg.cancel_sent`` (or
+        ``leg.bye_sent`` for an answered call; by this node) precedes ``leg.ended``. The SIP channel cancels
+        unanswered INVITEs only (a BYE needs the dialog that lived in the dead node's memory); the Twilio
+        voice channel ends any call by its CallSid.
         """
         async with self._sf() as s:
             rows = (
@@ -825,19 +826,19 @@ class EscalationRunner:
             if leg_status(events).is_final:
                 continue
             log.warning("[leg=%s] %s (%s)", leg_id, reason, node)
-            invite = next((e for e in reversed(events) if e.kind == "leg.invite_sent"), None)
             channel = self._channels.get(str((payload or {}).get("kind")))
             cancel = getattr(channel, "cancel_orphan", None)
-            if invite is not None and cancel is not None and all(e.kind != "leg.answered" for e in events):
+            if cancel is not None:
                 try:
-                    sent = await cancel(leg_id, invite.data)
+                    sent = await cancel(leg_id, events)
                 except Exception:  # the leg must still be ended: the tree moves on whatever the phone does
-                    log.exception("[leg=%s] cancelling the orphan INVITE failed", leg_id)
+                    log.exception("[leg=%s] ending the orphan call failed", leg_id)
                     sent = False
                 if sent:
+                    answered = any(e.kind == "leg.answered" for e in events)
                     await self.record(
                         leg_id,
-                        "leg.cancel_sent",
+                        "leg.bye_sent" if answered else "leg.cancel_sent",
                         {"by": self.node_id, "reason": "orphan: the node that placed the leg stopped"},
                     )
             await self.record(

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from comms.clock import Clock
+from comms.db.models import Event
 from comms.errors import ValidationError
 from escalation.channel import LegOrder, LegReporter
 from ivr.driver import run_menu
@@ -93,28 +94,29 @@ class SipChannel:
             with contextlib.suppress(SipError):
                 await live.call.hangup()
 
-    async def cancel_orphan(self, leg_id: str, invite_data: Mapping[str, Any]) -> bool:
+    async def cancel_orphan(self, leg_id: str, events: Sequence[Event]) -> bool:
         """CANCEL the INVITE of a leg another node (or this node's previous life) placed and can no longer end.
 
-        ``invite_data`` is the leg's ``leg.invite_sent`` event data; its ``cancel`` record (see
+        ``events`` are the leg's events; the ``cancel`` record of its ``leg.invite_sent`` (see
         :class:`~sip.ua.SentInvite`) is what the CANCEL must repeat. Returns whether a CANCEL went out (False
         for a record without it, e.g. written before it existed, or a bad one); the retransmissions and their
         outcome are the user agent's business (logged). Only for legs that were never answered: a BYE would
         need the dialog (remote tag, route set, CSeq) that died with the node that placed the leg.
         """
-        record = invite_data.get("cancel")
+        invite = next((e for e in reversed(events) if e.kind == "leg.invite_sent"), None)
+        if invite is None or any(e.kind == "leg.answered" for e in events):
+            return False
+        record = invite.data.get("cancel")
         if not isinstance(record, Mapping):
             log.info("[leg=%s] no CANCEL record in leg.invite_sent: cannot cancel the orphan INVITE", leg_id)
             return False
         try:
-            invite = SentInvite.from_data(record)
-            outcome = self._ua.cancel_orphan(invite)
+            sent = SentInvite.from_data(record)
+            outcome = self._ua.cancel_orphan(sent)
         except (ValidationError, SipError) as exc:
             log.warning("[leg=%s] cannot cancel the orphan INVITE: %s", leg_id, exc)
             return False
-        log.info(
-            "[leg=%s] sent CANCEL for orphan INVITE %s to %s", leg_id, invite.call_id, invite.destination
-        )
+        log.info("[leg=%s] sent CANCEL for orphan INVITE %s to %s", leg_id, sent.call_id, sent.destination)
 
         def done(fut: asyncio.Future[int | None]) -> None:
             status = fut.result()

@@ -45,7 +45,7 @@ import base64
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -60,7 +60,7 @@ from twilio.rest import Client
 from comms import phi
 from comms.clock import Clock, TimerHandle
 from comms.db.events import format_at
-from comms.db.models import CallLeg, ContactMethod, Incident, Person
+from comms.db.models import CallLeg, ContactMethod, Event, Incident, Person
 from comms.db.types import Channel as ChannelKind
 from comms.db.types import ContactKind, Direction
 from comms.db.types import IncidentState as DbIncidentState
@@ -357,6 +357,35 @@ class TwilioVoiceChannel:
         leg.cancel_reason = reason
         if leg.call_sid is not None:
             await self._hangup(leg, reason)
+
+    async def cancel_orphan(self, leg_id: str, events: Sequence[Event]) -> bool:
+        """End the Twilio call of a leg another node (or this node's previous life) placed and can no longer end.
+
+        A Twilio call belongs to the account, not to the node: any node can end it by its CallSid (from the
+        leg's ``leg.call_id`` event) -- ``canceled`` while it rings, ``completed`` once answered. Returns
+        whether Twilio took the update (False: no CallSid was recorded, i.e. the call was never created or its
+        answer never stored, or Twilio refused or was unreachable; logged).
+        """
+        sid = next(
+            (str(e.data.get("call_sid")) for e in reversed(events) if e.kind == "leg.call_id" and e.data),
+            None,
+        )
+        if not sid:
+            log.info("[leg=%s] no Twilio CallSid recorded: nothing to end", leg_id)
+            return False
+        answered = any(e.kind == "leg.answered" for e in events)
+        try:
+            call = await self._client.calls(sid).update_async(status="completed" if answered else "canceled")
+            if not answered and getattr(call, "status", "") == "in-progress":  # answered meanwhile
+                await self._client.calls(sid).update_async(status="completed")
+        except TwilioRestException as exc:
+            log.info("[leg=%s] Twilio would not end orphan call %s: %s", leg_id, sid, _twilio_error(exc))
+            return False
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("[leg=%s] could not reach Twilio to end orphan call %s: %s", leg_id, sid, exc)
+            return False
+        log.info("[leg=%s] ended orphan Twilio call %s", leg_id, sid)
+        return True
 
     # --- webhooks (signature already checked) --------------------------------------------------------
 
