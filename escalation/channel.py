@@ -7,8 +7,12 @@ reporting every fact through the :class:`LegReporter` the runner gives it. Accep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from comms.db.models import Event
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,16 @@ class Channel(Protocol):
 
     async def cancel(self, leg_id: str, reason: str) -> None:
         """Stop a live leg (CANCEL before answer, BYE after). Idempotent; unknown legs are ignored."""
+        ...
+
+
+@runtime_checkable
+class OrphanEnder(Protocol):
+    """A channel that can end a call another node placed and can no longer end (it died)."""
+
+    async def cancel_orphan(self, leg_id: str, events: Sequence[Event]) -> str | None:
+        """End the leg's call from its recorded ``events``; the event kind for what was sent
+        (``leg.cancel_sent`` or ``leg.bye_sent``), or ``None`` when nothing could be sent (logged)."""
         ...
 
 

@@ -71,6 +71,7 @@ from escalation.dialin_common import (
     nap,
     raise_from_menu,
     room_by_phone,
+    wake_when_ended,
 )
 from escalation.runner import EscalationRunner
 from escalation.twilio_streams import (
@@ -591,14 +592,11 @@ class DialIn:
                 await radio.hangup()
             return
         report = await self._bridge_started(s, order, "sip_dialin_bridge", {}, {})
-        radio_done = asyncio.get_running_loop().create_task(radio.wait_ended())
-        radio_done.add_done_callback(lambda _t: s.wake.set())
         try:
-            by = await self._supervise(s, report, bridge.snapshot, radio_done.done)
+            with wake_when_ended(radio, s.wake) as radio_done:
+                by = await self._supervise(s, report, bridge.snapshot, radio_done.done)
         finally:
             bridge.stop()
-            if not radio_done.done():
-                radio_done.cancel()
         directions = {
             d.name: {
                 "frames_in": d.frames_in,

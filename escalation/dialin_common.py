@@ -25,9 +25,10 @@ leg (decision 0052).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ from ivr.dialin import HoldStatus, hold_status, severity_from
 from ivr.machine import Finish
 from sip.errors import SipError
 from sip.message import URI
+from sip.ua import Call
 
 __all__ = [
     "RADIOLOGIST_CONNECTING",
@@ -98,6 +100,19 @@ def room_by_phone(rooms: Rooms, matches: Callable[[URI], bool]) -> str | None:
         if matches(uri):
             found.append(code)
     return found[0] if len(found) == 1 else None
+
+
+@contextlib.contextmanager
+def wake_when_ended(call: Call, wake: asyncio.Event) -> Iterator[asyncio.Task[Any]]:
+    """While inside: ``wake`` is set when the SIP ``call`` ends. Yields the task watching it (``done()``: the
+    call has ended); the watch is cancelled on the way out."""
+    ended = asyncio.get_running_loop().create_task(call.wait_ended())
+    ended.add_done_callback(lambda _t: wake.set())
+    try:
+        yield ended
+    finally:
+        if not ended.done():
+            ended.cancel()
 
 
 async def nap(clock: Clock, wake: asyncio.Event, seconds: float) -> None:

@@ -285,7 +285,7 @@ class SnppSession:
     """
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float, gateway: str = "?"
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float, gateway: str
     ) -> None:
         self._r, self._w, self._timeout = reader, writer, timeout_s
         self._gateway = gateway
@@ -355,7 +355,7 @@ class SnppSession:
             await self._w.wait_closed()
 
     def abort(self) -> None:
-        """Drop the connection at once (no QUIT): the gateway never greeted us, or the page was abandoned."""
+        """Drop the connection at once, without QUIT (the gateway never greeted us)."""
         self._w.transport.abort()
 
 

@@ -77,7 +77,7 @@ from comms.db.types import Channel as ChannelKind
 from comms.db.types import ContactKind, Direction, GroupPick, Severity
 from comms.errors import ValidationError
 from comms.ids import new_id, short_code
-from escalation.channel import AcceptResult, AnnounceOrder, Announcer, Channel, LegOrder
+from escalation.channel import AcceptResult, AnnounceOrder, Announcer, Channel, LegOrder, OrphanEnder
 from escalation.decide import apply_actions, decide, next_deadline
 from escalation.model import (
     OPEN_INCIDENT_STATES,
@@ -801,8 +801,8 @@ class EscalationRunner:
         """End every non-final leg of an open incident that ``nodes`` had placed (their calls died with them).
 
         A call the dead node placed may still ring a phone (or, answered, hold a line): its channel, if it
-        can (``cancel_orphan(leg_id, events)``), ends it from the recorded events, and ``leg.cancel_sent`` (or
-        ``leg.bye_sent`` for an answered call; by this node) precedes ``leg.ended``. The SIP channel cancels
+        can (:class:`~escalation.channel.OrphanEnder`), ends it from the recorded events, and what it sent
+        (``leg.cancel_sent`` or ``leg.bye_sent``, by this node) precedes ``leg.ended``. The SIP channel cancels
         unanswered INVITEs only (a BYE needs the dialog that lived in the dead node's memory); the Twilio
         voice channel ends any call by its CallSid.
         """
@@ -827,18 +827,16 @@ class EscalationRunner:
                 continue
             log.warning("[leg=%s] %s (%s)", leg_id, reason, node)
             channel = self._channels.get(str((payload or {}).get("kind")))
-            cancel = getattr(channel, "cancel_orphan", None)
-            if cancel is not None:
+            if isinstance(channel, OrphanEnder):
                 try:
-                    sent = await cancel(leg_id, events)
+                    sent = await channel.cancel_orphan(leg_id, events)
                 except Exception:  # the leg must still be ended: the tree moves on whatever the phone does
                     log.exception("[leg=%s] ending the orphan call failed", leg_id)
-                    sent = False
-                if sent:
-                    answered = any(e.kind == "leg.answered" for e in events)
+                    sent = None
+                if sent is not None:
                     await self.record(
                         leg_id,
-                        "leg.bye_sent" if answered else "leg.cancel_sent",
+                        sent,
                         {"by": self.node_id, "reason": "orphan: the node that placed the leg stopped"},
                     )
             await self.record(

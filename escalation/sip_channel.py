@@ -94,40 +94,30 @@ class SipChannel:
             with contextlib.suppress(SipError):
                 await live.call.hangup()
 
-    async def cancel_orphan(self, leg_id: str, events: Sequence[Event]) -> bool:
+    async def cancel_orphan(self, leg_id: str, events: Sequence[Event]) -> str | None:
         """CANCEL the INVITE of a leg another node (or this node's previous life) placed and can no longer end.
 
         ``events`` are the leg's events; the ``cancel`` record of its ``leg.invite_sent`` (see
-        :class:`~sip.ua.SentInvite`) is what the CANCEL must repeat. Returns whether a CANCEL went out (False
-        for a record without it, e.g. written before it existed, or a bad one); the retransmissions and their
-        outcome are the user agent's business (logged). Only for legs that were never answered: a BYE would
-        need the dialog (remote tag, route set, CSeq) that died with the node that placed the leg.
+        :class:`~sip.ua.SentInvite`) is what the CANCEL must repeat. ``leg.cancel_sent`` once it went out;
+        ``None`` for a record without it (written before it existed) or a bad one. The retransmissions and
+        their outcome are the user agent's business (logged there). Only for legs that were never answered: a
+        BYE would need the dialog (remote tag, route set, CSeq) that died with the node that placed the leg.
         """
         invite = next((e for e in reversed(events) if e.kind == "leg.invite_sent"), None)
         if invite is None or any(e.kind == "leg.answered" for e in events):
-            return False
+            return None
         record = invite.data.get("cancel")
         if not isinstance(record, Mapping):
             log.info("[leg=%s] no CANCEL record in leg.invite_sent: cannot cancel the orphan INVITE", leg_id)
-            return False
+            return None
         try:
             sent = SentInvite.from_data(record)
-            outcome = self._ua.cancel_orphan(sent)
+            self._ua.cancel_orphan(sent)
         except (ValidationError, SipError) as exc:
             log.warning("[leg=%s] cannot cancel the orphan INVITE: %s", leg_id, exc)
-            return False
+            return None
         log.info("[leg=%s] sent CANCEL for orphan INVITE %s to %s", leg_id, sent.call_id, sent.destination)
-
-        def done(fut: asyncio.Future[int | None]) -> None:
-            status = fut.result()
-            log.info(
-                "[leg=%s] orphan CANCEL: %s",
-                leg_id,
-                f"answered {status}" if status is not None else "no response (they go to the dead node)",
-            )
-
-        outcome.add_done_callback(done)
-        return True
+        return "leg.cancel_sent"
 
     async def place(self, order: LegOrder, reporter: LegReporter) -> None:
         live = self._live[order.leg_id] = _Live()

@@ -358,13 +358,13 @@ class TwilioVoiceChannel:
         if leg.call_sid is not None:
             await self._hangup(leg, reason)
 
-    async def cancel_orphan(self, leg_id: str, events: Sequence[Event]) -> bool:
+    async def cancel_orphan(self, leg_id: str, events: Sequence[Event]) -> str | None:
         """End the Twilio call of a leg another node (or this node's previous life) placed and can no longer end.
 
         A Twilio call belongs to the account, not to the node: any node can end it by its CallSid (from the
-        leg's ``leg.call_id`` event) -- ``canceled`` while it rings, ``completed`` once answered. Returns
-        whether Twilio took the update (False: no CallSid was recorded, i.e. the call was never created or its
-        answer never stored, or Twilio refused or was unreachable; logged).
+        leg's ``leg.call_id`` event) -- ``canceled`` while it rings, ``completed`` once answered. Returns what
+        was sent (``leg.cancel_sent``/``leg.bye_sent``), or ``None``: no CallSid was recorded (the call was
+        never created or its answer never stored), or Twilio refused or was unreachable (logged).
         """
         sid = next(
             (str(e.data.get("call_sid")) for e in reversed(events) if e.kind == "leg.call_id" and e.data),
@@ -372,20 +372,18 @@ class TwilioVoiceChannel:
         )
         if not sid:
             log.info("[leg=%s] no Twilio CallSid recorded: nothing to end", leg_id)
-            return False
+            return None
         answered = any(e.kind == "leg.answered" for e in events)
         try:
-            call = await self._client.calls(sid).update_async(status="completed" if answered else "canceled")
-            if not answered and getattr(call, "status", "") == "in-progress":  # answered meanwhile
-                await self._client.calls(sid).update_async(status="completed")
+            await self._end_call(sid, answered=answered)
         except TwilioRestException as exc:
             log.info("[leg=%s] Twilio would not end orphan call %s: %s", leg_id, sid, _twilio_error(exc))
-            return False
+            return None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("[leg=%s] could not reach Twilio to end orphan call %s: %s", leg_id, sid, exc)
-            return False
+            return None
         log.info("[leg=%s] ended orphan Twilio call %s", leg_id, sid)
-        return True
+        return "leg.bye_sent" if answered else "leg.cancel_sent"
 
     # --- webhooks (signature already checked) --------------------------------------------------------
 
@@ -560,17 +558,20 @@ class TwilioVoiceChannel:
             leg_id, "leg.bye_sent" if answered else "leg.cancel_sent", {"reason": reason}
         )
         try:
-            call = await self._client.calls(leg.call_sid).update_async(
-                status="completed" if answered else "canceled"
-            )
-            if not answered and getattr(call, "status", "") == "in-progress":  # answered meanwhile
-                await self._client.calls(leg.call_sid).update_async(status="completed")
+            await self._end_call(leg.call_sid, answered=answered)
         except TwilioRestException as exc:
             log.info("[leg=%s] Twilio would not end call %s: %s", leg_id, leg.call_sid, exc)
             await leg.reporter.record(leg_id, "leg.cancel_failed", {"reason": _twilio_error(exc)})
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("[leg=%s] could not reach Twilio to end call %s: %s", leg_id, leg.call_sid, exc)
             await leg.reporter.record(leg_id, "leg.cancel_failed", {"reason": f"{type(exc).__name__}: {exc}"})
+
+    async def _end_call(self, sid: str, *, answered: bool) -> None:
+        """``completed`` for an answered call, ``canceled`` for a ringing one (then ``completed`` if it was
+        answered meanwhile). Raises what the twilio library raises."""
+        call = await self._client.calls(sid).update_async(status="completed" if answered else "canceled")
+        if not answered and getattr(call, "status", "") == "in-progress":
+            await self._client.calls(sid).update_async(status="completed")
 
     async def _mark_answered(self, leg: _VoiceLeg, answered_by: str) -> None:
         if not leg.answered:

@@ -77,6 +77,7 @@ from escalation.dialin_common import (
     nap,
     raise_from_menu,
     room_by_phone,
+    wake_when_ended,
 )
 from escalation.runner import EscalationRunner
 from escalation.twilio_channel import TwilioSettings
@@ -455,8 +456,7 @@ class TwilioDialIn:
                     {"reason": "the technologist hung up before the media stream opened"},
                 )
             finally:
-                await self._say_on(radio.call, dialin_message(self._menu, "caller_left"))
-                await self._hang_up_sip(radio.call)
+                await self._say_and_hang_up(radio.call, dialin_message(self._menu, "caller_left"))
 
     # --------------------------------------------------------------------------------- accept hooks
 
@@ -549,18 +549,13 @@ class TwilioDialIn:
         hanging up meanwhile ends the wait at once: the caller is told the doctor has left."""
         assert radio.call is not None
         order, call = radio.order, radio.call
-        radio_done = asyncio.get_running_loop().create_task(call.wait_ended())
-        radio_done.add_done_callback(lambda _t: c.stream_wake.set())
-        try:
-            give_up = self._clock.monotonic() + self.stream_timeout_s
+        give_up = self._clock.monotonic() + self.stream_timeout_s
+        with wake_when_ended(call, c.stream_wake) as radio_done:
             while c.bridge is None and not c.ended and not radio_done.done():
                 left = give_up - self._clock.monotonic()
                 if left <= 0:
                     break
                 await nap(self._clock, c.stream_wake, left)
-        finally:
-            if not radio_done.done():
-                radio_done.cancel()
         left_early = call.state is CallState.ENDED
         if left_early:
             reason = "the radiologist hung up before the media stream opened"
@@ -587,12 +582,8 @@ class TwilioDialIn:
                     await self._store.record_leg(order.leg_id, "leg.released", {"reason": reason})
             finally:
                 if not left_early:
-                    self._tasks.spawn(self._release_sip(call, order))
-
-    async def _release_sip(self, call: Call, order: LegOrder) -> None:
-        """Tell a handed-over SIP radiologist the technologist's call could not be connected, and hang up."""
-        await self._say_on(call, STREAM_FAILED_TEXT.format(room=speakable_room(order.room_code)))
-        await self._hang_up_sip(call)
+                    failed = STREAM_FAILED_TEXT.format(room=speakable_room(order.room_code))
+                    self._tasks.spawn(self._say_and_hang_up(call, failed))
 
     def _attach_sip(self, c: _Caller, ctx: StreamContext) -> StreamEndpoint:
         radio = c.radio
@@ -632,24 +623,18 @@ class TwilioDialIn:
             },
         )
         await self._store.record_leg(order.leg_id, "leg.bridged", {"caller_leg": c.leg_id, "via": "stream"})
-        radio_done = asyncio.get_running_loop().create_task(call.wait_ended())
-        radio_done.add_done_callback(lambda _t: wake.set())
-        try:
+        with wake_when_ended(call, wake) as radio_done:
             while bridge.closed is None and not radio_done.done():
                 if await report.update(bridge.snapshot()):
                     c.connected = True
                     c.log.info("incident connected: the technologist and the radiologist talk (stream)")
                 await nap(self._clock, wake, self.settings.poll_s)
-        finally:
-            if not radio_done.done():
-                radio_done.cancel()
         by = "caller" if bridge.closed is not None else "radiologist"
         if by == "radiologist":
             bridge.hang_up("radiologist left")  # Twilio then says "the doctor has left" and hangs up
         await report.ended(by, {d.name: d.snapshot() for d in bridge.snapshot()})
         if by == "caller":
-            await self._say_on(call, dialin_message(self._menu, "caller_left"))
-            await self._hang_up_sip(call)
+            await self._say_and_hang_up(call, dialin_message(self._menu, "caller_left"))
 
     # ---------------------------------------------------------------------------- conference callbacks
 
@@ -709,7 +694,9 @@ class TwilioDialIn:
         except (SipError, MediaError, PromptError, OSError) as exc:
             log.info("[call=%s] could not play %r: %s", call.id, text[:40], exc)
 
-    async def _hang_up_sip(self, call: Call) -> None:
+    async def _say_and_hang_up(self, call: Call, text: str) -> None:
+        """Tell the SIP radiologist why the call ends (unless they already left), then hang up."""
+        await self._say_on(call, text)
         if call.state is not CallState.ENDED:
             with contextlib.suppress(SipError):
                 await call.hangup()

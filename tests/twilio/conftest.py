@@ -62,9 +62,13 @@ class TwilioNode(EvidenceReads):
         voice: TwilioVoiceChannel,
         sms: TwilioSmsChannel,
         webhook_base: str,
+        client: Any,
+        settings: TwilioSettings,
     ) -> None:
         self.engine, self.sessions, self.runner, self.fake = engine, sessions, runner, fake
         self.voice, self.sms, self.webhook_base = voice, sms, webhook_base
+        self.client, self.settings = client, settings
+        """The node's twilio client and settings (another node's channels can share them)."""
 
     async def directory(self, tiers: Sequence[Sequence[Rad]], *, ring_timeout_s: int = 30) -> None:
         """Room CT2; tier *i* calls ``tiers[i]`` on their Twilio numbers and texts their SMS numbers."""
@@ -115,7 +119,7 @@ async def twilio_node(tmp_path: Path, phones: dict[str, Phone], burst: bool) -> 
     webhook_base = f"http://127.0.0.1:{web_runner.addresses[0][1]}"
     fake.webhook_base = webhook_base
     await runner.start()
-    node = TwilioNode(engine, sessions, runner, fake, voice, sms, webhook_base)
+    node = TwilioNode(engine, sessions, runner, fake, voice, sms, webhook_base, client, settings)
     try:
         yield node
     finally:

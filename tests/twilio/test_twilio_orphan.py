@@ -44,8 +44,7 @@ async def test_a_survivor_cancels_the_twilio_call_a_dead_node_left_ringing(
         )
     assert not call.done.is_set() and call.status == "ringing"
 
-    old = twilio_node.voice
-    voice = TwilioVoiceChannel(old._client, old._settings, SystemClock(), twilio_node.sessions)
+    voice = TwilioVoiceChannel(twilio_node.client, twilio_node.settings, SystemClock(), twilio_node.sessions)
     survivor = EscalationRunner(
         twilio_node.sessions,
         SystemClock(),
